@@ -40,6 +40,6 @@ def test_readme_shows_the_two_commands_first():
 
 
 def test_cli_help_on_every_subcommand():
-    for args in ([], ['models'], ['data'], ['data', 'check'], ['plan'], ['demo']):
+    for args in ([], ['models'], ['data'], ['data', 'check'], ['plan'], ['demo'], ['evaluate'], ['compare'], ['serve']):
         r = subprocess.run([*NAVAB, *args, '--help'], capture_output=True, text=True)
         assert r.returncode == 0 and 'usage: navab' in r.stdout, (args, r.stderr)
