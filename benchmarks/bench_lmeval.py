@@ -133,7 +133,7 @@ def w_lmeval(job):
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(job['path'], bos_token=job['start_token'], add_bos_token=True)
     lm = HFLM(pretrained=job['path'], tokenizer=tok, add_bos_token=True, prefix_token_id=job['start_token_id'],
-              dtype='float32', device='cpu', batch_size=job['batch_size'])
+              dtype='float32', device='cpu', batch_size=job['batch_size'], **job.get('lmeval_kw', {}))
     load_s = time.perf_counter() - t0
     assert lm.prefix_token_id == job['start_token_id'] and tok.bos_token_id == job['start_token_id']
     c = Counter(lm.model)
@@ -224,6 +224,12 @@ def w_navabway(job):
 
 
 WORKERS = dict(matmul=w_matmul, navab=w_navab, lmeval=w_lmeval, navabway=w_navabway)
+# contender -> (worker, extra job settings, label)
+CONTENDERS = {'navab': ('navab', {}, 'navab'),
+              'lmeval': ('lmeval', {}, 'lm-eval'),
+              'lmeval64': ('lmeval', dict(lmeval_kw=dict(softmax_dtype='float64')), 'lm-eval f64'),
+              'lmeval-nocache': ('lmeval', dict(lmeval_kw=dict(logits_cache=False)), 'lm-eval nocache'),
+              'navabway': ('navabway', {}, 'NaVAB way')}
 
 
 def worker(kind: str, job_path: str):
@@ -317,11 +323,13 @@ def main():
     ap.add_argument('--job', help=argparse.SUPPRESS)
     ap.add_argument('--model', default='smollm2-135m', help='a navab model name (default: the embedded smollm2-135m)')
     ap.add_argument('--modes', nargs='+', default=['answer', 'navab'], choices=['answer', 'navab'])
-    ap.add_argument('--batch-size', type=int, default=16, help='the same for all three contenders (the metric default)')
+    ap.add_argument('--batch-size', type=int, default=16, help='the same for every contender (the metric default)')
     ap.add_argument('--samples', type=int, default=None, help='first N valid samples only (default: all)')
     ap.add_argument('--repeats', type=int, default=1, help='runs per contender; the fastest is reported')
     ap.add_argument('--threads', type=int, default=None, help='torch threads in every subprocess (default: torch default)')
     ap.add_argument('--no-navab-way', action='store_true', help='skip the (slow) NaVAB-way contender')
+    ap.add_argument('--no-f64', action='store_true', help='skip lm-eval with softmax_dtype=float64 (the exact-equality check)')
+    ap.add_argument('--nocache', action='store_true', help='also run lm-eval with logits_cache=False (shows what its cache saves)')
     ap.add_argument('--no-wait', action='store_true', help='do not wait while other processes use the CPU')
     ap.add_argument('--out', default=str(OUT / 'bench_lmeval.json'))
     a = ap.parse_args()
@@ -330,73 +338,69 @@ def main():
     try: import lm_eval  # noqa: F401
     except ImportError: sys.exit("bench_lmeval: lm-eval is not installed here: run `bash benchmarks/setup_lmeval.sh`, then "
                                  "`benchmarks/.venv-lmeval/bin/python benchmarks/bench_lmeval.py`")
-    import polars as pl, torch
+    import importlib.metadata as md
+    import torch, transformers
     from navab.models import convert_embedded, resolve, start_token
-    from transformers import AutoTokenizer
     T0 = time.time()
     OUT.mkdir(parents=True, exist_ok=True)
     ref = resolve(a.model)
     path = str(convert_embedded(a.model, verbose=False)) if ref.kind == 'embedded' else ref.path
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
     st = start_token(tok, a.model); sid = tok.convert_tokens_to_ids(st)
     S, reqs = build_requests(a.samples)
     threads = a.threads or torch.get_num_threads()
     base = dict(model=a.model, path=path, start_token=st, start_token_id=sid, batch_size=a.batch_size, threads=threads)
     quiet = Quiet(enabled=not a.no_wait)
+    vers = dict(torch=torch.__version__, transformers=transformers.__version__, lm_eval=md.version('lm-eval'),
+                navab=md.version('navab'), evaluate=md.version('evaluate'))
     print(f"bench_lmeval: {a.model} ({path}), start token {st!r} ({sid}), {len(S)} samples, batch {a.batch_size}, "
-          f"{threads} torch threads, repeats {a.repeats}; torch {torch.__version__}, lm-eval "
-          f"{__import__('importlib.metadata').metadata.version('lm-eval')}", flush=True)
+          f"{threads} torch threads, repeats {a.repeats}; {', '.join(f'{k} {v}' for k, v in vers.items())}", flush=True)
     mm = run_worker('matmul', dict(base), 'matmul', quiet)
     print(f"  machine matmul (fp32 2048^2, best of {mm['trials']}x{mm['reps']}): {mm['flops'] / 1e9:.1f} GFLOP/s", flush=True)
     results = dict(meta=dict(model=a.model, path=path, start_token=st, start_token_id=sid, samples=len(S),
-                             batch_size=a.batch_size, threads=threads, repeats=a.repeats, torch=torch.__version__,
-                             lm_eval=__import__('importlib.metadata').metadata.version('lm-eval'),
-                             transformers=__import__('transformers').__version__, cpu_count=os.cpu_count(),
-                             matmul_flops=mm['flops'], matmul=mm), modes={})
-    runs = {}
-    todo = [(m, c) for m in a.modes for c in ('navab', 'lmeval')]
-    if not a.no_navab_way: todo.append(('navab', 'navabway'))
+                             batch_size=a.batch_size, threads=threads, repeats=a.repeats, cpu_count=os.cpu_count(),
+                             matmul_flops=mm['flops'], matmul=mm, **vers), modes={})
+    for m in a.modes: reqs[m].write_parquet(OUT / f'requests-{m}.parquet')
+    todo = []
     for m in a.modes:
-        p = OUT / f'requests-{m}.parquet'; reqs[m].write_parquet(p)
+        todo += [(m, 'navab'), (m, 'lmeval')] + ([(m, 'lmeval64')] if not a.no_f64 else []) + ([(m, 'lmeval-nocache')] if a.nocache else [])
+    if not a.no_navab_way: todo.append(('navab', 'navabway'))       # whole texts: run once, compared with both modes
+    runs = {}
     for rep in range(a.repeats):
         for m, c in todo:
+            kind, extra, label = CONTENDERS[c]
             tag = f'{m}-{c}-{rep}'
-            print(f"  running {c:8s} on {m}-mode requests ({len(reqs[m])}), repeat {rep + 1}/{a.repeats} ...", end=' ', flush=True)
-            r = run_worker(c, dict(base, requests=str(OUT / f'requests-{m}.parquet')), tag, quiet)
+            print(f"  {label:15s} on {m}-mode requests ({len(reqs[m])}), run {rep + 1}/{a.repeats} ...", end=' ', flush=True)
+            r = run_worker(kind, dict(base, requests=str(OUT / f'requests-{m}.parquet'), **extra), tag, quiet)
             runs.setdefault((m, c), []).append(r)
             print(f"score {r['score_s']:.1f} s, whole {r['whole_s']:.1f} s, peak {r['peak_rss'] / 2**30:.2f} GiB", flush=True)
     res = {k: best(v) for k, v in runs.items()}
+    cfg = transformers.AutoConfig.from_pretrained(path).get_text_config()
     n_params = res[(a.modes[0], 'navab')]['n_params']
-    import transformers
-    cfg = transformers.AutoConfig.from_pretrained(path)
-    head_params = cfg.get_text_config().vocab_size * cfg.get_text_config().hidden_size
-    body_params = n_params - head_params if getattr(cfg.get_text_config(), 'tie_word_embeddings', False) else n_params - 2 * head_params
-    rows = []
+    head_params = cfg.vocab_size * cfg.hidden_size
+    body_params = n_params - head_params * (1 if getattr(cfg, 'tie_word_embeddings', False) else 2)  # embedding lookups are free
     for m in a.modes:
         nv = res[(m, 'navab')]
         eff = sum(len(s) - 1 for s in nv['seqs'])                # model-input positions when each request runs alone
-        n_req = len(reqs[m])
-        # the NaVAB way runs once, on navab-mode texts: it stands against both modes
-        cands = [('navab', nv), ('lmeval', res[(m, 'lmeval')])] + ([('navabway', res[('navab', 'navabway')])] if ('navab', 'navabway') in res else [])
-        lm = res[(m, 'lmeval')]
-        same_tokens = sum(a_ == b_ and s == t for a_, b_, s, t in zip(nv['seqs'], lm['seqs'], nv['starts'], lm['starts']))
-        diff_lm = max(abs(x - y) for x, y in zip(nv['logprob'], lm['logprob']))
-        greedy_same = sum(x == y for x, y in zip(nv['is_greedy'], lm['is_greedy']))
-        out = dict(requests=n_req, effective_tokens=eff, tokens_identical=same_tokens, max_abs_diff_lmeval=diff_lm,
-                   greedy_identical=greedy_same, contenders={})
-        if 'navabway' in dict(cands):
-            nw = res[('navab', 'navabway')]; nv_n = res[('navab', 'navab')]
-            out['max_abs_diff_navabway_vs_navab_mode'] = max(abs(x - y) for x, y in zip(nv_n['logprob'], nw['logprob']))
-        for c, r in cands:
-            e = eff if c != 'navabway' else sum(len(s) - 1 for s in res[('navab', 'navab')]['seqs'])
-            n = n_req if c != 'navabway' else len(reqs['navab'])
-            actual_flop = 2 * body_params * r['body_tokens'] + 2 * head_params * r['head_rows']
+        cands = [c for (mm_, c) in res if mm_ == m] + (['navabway'] if m != 'navab' and ('navab', 'navabway') in res else [])
+        out = dict(requests=len(reqs[m]), effective_tokens=eff, contenders={}, checks={})
+        for c in cands:
+            r = res[('navab', c)] if c == 'navabway' else res[(m, c)]
+            src = res[('navab', 'navab')] if c == 'navabway' else nv  # the NaVAB way scored the navab-mode texts
+            e, n = sum(len(s) - 1 for s in src['seqs']), len(src['logprob'])
+            diff = max(abs(x - y) for x, y in zip(src['logprob'], r['logprob']))
+            ck = dict(max_abs_diff=diff, against=f"navab, {'navab' if c == 'navabway' else m} mode")
+            if 'seqs' in r:
+                ck['tokens_identical'] = sum(x == y and s == t for x, y, s, t in zip(nv['seqs'], r['seqs'], nv['starts'], r['starts']))
+                ck['greedy_identical'] = sum(x == y for x, y in zip(nv['is_greedy'], r['is_greedy']))
+            if c != 'navab': out['checks'][c] = ck
+            act = 2 * body_params * r['body_tokens'] + 2 * head_params * r['head_rows']
             out['contenders'][c] = dict(
-                requests=n, score_s=r['score_s'], whole_s=r['whole_s'], load_s=r['load_s'], loads=r['loads'],
-                req_per_s=n / r['score_s'], req_per_s_whole=n / r['whole_s'], tok_per_s=e / r['score_s'],
+                label=CONTENDERS[c][2], requests=n, score_s=r['score_s'], whole_s=r['whole_s'], load_s=r['load_s'],
+                loads=r['loads'], req_per_s=n / r['score_s'], req_per_s_whole=n / r['whole_s'], tok_per_s=e / r['score_s'],
                 tok_per_s_whole=e / r['whole_s'], effective_tokens=e, body_tokens=r['body_tokens'],
                 body_tokens_real=r['body_tokens_real'], head_rows=r['head_rows'], forwards=r['forwards'],
-                peak_rss=r['peak_rss'], flops_effective=2 * n_params * e / r['score_s'], flops_actual=actual_flop / r['score_s'],
+                peak_rss=r['peak_rss'], flops_effective=2 * n_params * e / r['score_s'], flops_actual=act / r['score_s'],
                 score_s_all=r['score_s_all'], whole_s_all=r['whole_s_all'], threads=r['threads'])
         results['modes'][m] = out
     results['params'] = dict(n_params=n_params, head_params=head_params, body_params=body_params)
@@ -405,35 +409,38 @@ def main():
     report(results)
     Path(a.out).write_text(json.dumps(results, indent=1))
     print(f"\nwritten {a.out}; bench took {results['bench_s']:.0f} s")
-    fail = [k for k, v in results['modes'].items() if v['max_abs_diff_lmeval'] >= 1e-3 or v['tokens_identical'] != v['requests']]
-    if fail: sys.exit(f"bench_lmeval: navab and lm-eval disagree in mode(s) {', '.join(fail)}")
+    bad = [f"{m}/{c}" for m, o in results['modes'].items() for c, k in o['checks'].items()
+           if c.startswith('lmeval') and k['tokens_identical'] != o['requests']]
+    bad += [f"{m}/lmeval64" for m, o in results['modes'].items() if 'lmeval64' in o['checks'] and o['checks']['lmeval64']['max_abs_diff'] >= 1e-3]
+    if bad: sys.exit(f"bench_lmeval: navab and lm-eval do not score the same thing: {', '.join(bad)}")
 
 
 def report(R: dict):
     M = R['meta']; peak = M['matmul_flops']
-    print(f"\n{M['model']}, {M['samples']} samples, batch {M['batch_size']}, {M['threads']} threads; machine matmul "
-          f"{peak / 1e9:.1f} GFLOP/s; params {R['params']['n_params'] / 1e6:.1f} M (head {R['params']['head_params'] / 1e6:.1f} M)")
-    names = dict(navab='navab', lmeval='lm-eval', navabway='NaVAB way')
+    print(f"\n{M['model']}, {M['samples']} samples, batch {M['batch_size']}, {M['threads']} torch threads on {M['cpu_count']} "
+          f"CPUs; machine matmul {peak / 1e9:.1f} GFLOP/s; params {R['params']['n_params'] / 1e6:.1f} M "
+          f"(output head {R['params']['head_params'] / 1e6:.1f} M)")
     for m, o in R['modes'].items():
         C = o['contenders']
         print(f"\n== {m} mode: {o['requests']} requests, {o['effective_tokens']} effective tokens "
-              f"({o['effective_tokens'] / o['requests']:.0f}/request) ==")
-        print(f"{'contender':10s} {'score s':>8s} {'whole s':>8s} {'req/s':>7s} {'req/s wh':>8s} {'tok/s':>7s} {'tok/s wh':>8s} "
-              f"{'body tok':>9s} {'head rows':>9s} {'peak GiB':>8s} {'GFLOP/s eff':>11s} {'act':>6s} {'%mm eff':>7s} {'%mm act':>7s}")
+              f"({o['effective_tokens'] / o['requests']:.0f} a request) ==")
+        print(f"{'contender':15s} {'score s':>8s} {'whole s':>8s} {'req/s':>6s} {'whole':>6s} {'tok/s':>6s} {'whole':>6s} "
+              f"{'body tok':>8s} {'head rows':>9s} {'peak GiB':>8s} {'GFLOP/s eff':>11s} {'act':>5s} {'% matmul eff':>12s} {'act':>5s}")
         for c, r in C.items():
-            extra = f"  (navab-mode texts, {r['loads']} model loads)" if c == 'navabway' else ''
-            print(f"{names[c]:10s} {r['score_s']:8.2f} {r['whole_s']:8.2f} {r['req_per_s']:7.2f} {r['req_per_s_whole']:8.2f} "
-                  f"{r['tok_per_s']:7.0f} {r['tok_per_s_whole']:8.0f} {r['body_tokens']:9d} {r['head_rows']:9d} "
-                  f"{r['peak_rss'] / 2**30:8.2f} {r['flops_effective'] / 1e9:11.1f} {r['flops_actual'] / 1e9:6.1f} "
-                  f"{100 * r['flops_effective'] / peak:6.1f}% {100 * r['flops_actual'] / peak:6.1f}%{extra}")
-        for other in [c for c in C if c != 'navab']:
-            t = TARGETS.get((m, other))
-            ws, ss = C[other]['whole_s'] / C['navab']['whole_s'], C[other]['score_s'] / C['navab']['score_s']
-            verdict = '' if t is None else f"   target >= {t:.1f}x (whole process): {'MET' if ws >= t else f'MISSED by {t - ws:.2f}x ({100 * (1 - ws / t):.0f}%)'}"
-            print(f"navab vs {names[other]:9s}: x{ws:.2f} whole process, x{ss:.2f} scoring only{verdict}")
-        print(f"log-probs: max |navab - lm-eval| = {o['max_abs_diff_lmeval']:.2e} nats; identical token sequences "
-              f"{o['tokens_identical']}/{o['requests']}; greedy flags equal {o['greedy_identical']}/{o['requests']}"
-              + (f"; max |navab - NaVAB way| (navab mode) = {o['max_abs_diff_navabway_vs_navab_mode']:.2e}" if 'max_abs_diff_navabway_vs_navab_mode' in o else ''))
+            extra = f"  navab-mode texts, {r['loads']} model loads" if c == 'navabway' else ''
+            print(f"{r['label']:15s} {r['score_s']:8.1f} {r['whole_s']:8.1f} {r['req_per_s']:6.2f} {r['req_per_s_whole']:6.2f} "
+                  f"{r['tok_per_s']:6.0f} {r['tok_per_s_whole']:6.0f} {r['body_tokens']:8d} {r['head_rows']:9d} "
+                  f"{r['peak_rss'] / 2**30:8.2f} {r['flops_effective'] / 1e9:11.1f} {r['flops_actual'] / 1e9:5.1f} "
+                  f"{100 * r['flops_effective'] / peak:11.0f}% {100 * r['flops_actual'] / peak:4.0f}%{extra}")
+        for c in [c for c in C if c != 'navab']:
+            t = TARGETS.get((m, c))
+            ws, ss = C[c]['whole_s'] / C['navab']['whole_s'], C[c]['score_s'] / C['navab']['score_s']
+            verdict = '' if t is None else (f"   target >= {t:.1f}x whole process: " +
+                                            ('MET' if ws >= t else f"MISSED by {t - ws:.2f}x ({100 * (1 - ws / t):.0f}% short)"))
+            print(f"navab vs {C[c]['label']:15s}: x{ws:.2f} whole process, x{ss:.2f} scoring only{verdict}")
+        for c, k in o['checks'].items():
+            toks = f"; identical token sequences {k['tokens_identical']}/{o['requests']}, greedy flags {k['greedy_identical']}/{o['requests']}" if 'tokens_identical' in k else ''
+            print(f"log-probs: max |navab - {C[c]['label']}| = {k['max_abs_diff']:.1e} nats ({k['against']}){toks}")
     if R['contention']: print(f"\ncontention seen: {R['contention']}")
 
 
