@@ -9,11 +9,12 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test check-nbs nbtest pytest lab bench clean help
+.PHONY: install demo test test-slow check-nbs nbtest pytest lab bench clean help
 
 help:
 	@echo "make demo    install into .venv and run the demo, ending with reports/index.html"
 	@echo "make test    install and run all checks (notebooks clean and exported, nbdev-test, pytest)"
+	@echo "make test-slow  also run the notebooks' slow cells (real models end to end)"
 	@echo "make lab     open JupyterLab on the study"
 	@echo "make bench   run the benchmarks in benchmarks/"
 
@@ -45,12 +46,17 @@ check-nbs: install
 
 nbtest: install
 	$(BIN)/navab models fetch all
-	$(BIN)/nbdev-test --flags slow --n-workers 2
+	$(BIN)/nbdev-test --n-workers 2
 
 pytest: install
 	$(BIN)/pytest -q
 
 test: check-nbs nbtest pytest
+
+# The notebooks' `#| slow` cells (real models end to end); pytest already runs real-model tests in `make test`.
+test-slow: install
+	$(BIN)/navab models fetch all
+	$(BIN)/nbdev-test --flags slow --n-workers 2
 
 lab: install
 	$(BIN)/jupyter lab --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.root_dir=.
