@@ -61,9 +61,13 @@ test-slow: install
 lab: install
 	$(BIN)/jupyter lab --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.root_dir=.
 
+# Benchmarks (by hand, never in tests): the engine vs a brute-force reference, then navab vs lm-evaluation-harness vs
+# the original NaVAB way (HF evaluate perplexity) on the same requests, in the benchmark's own venv.
 bench: install
-	@ls benchmarks/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 0; }
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/navab models fetch smollm2-135m
+	$(BIN)/python benchmarks/bench_score.py --model smollm2-135m
+	bash benchmarks/setup_lmeval.sh
+	benchmarks/.venv-lmeval/bin/python benchmarks/bench_lmeval.py --model smollm2-135m
 
 clean:
 	rm -rf reports/*.html runs

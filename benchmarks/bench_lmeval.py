@@ -322,10 +322,12 @@ def run_worker(kind: str, job: dict, tag: str, quiet: Quiet, retries: int = 2) -
             sys.exit(f"bench_lmeval: worker {tag} failed (exit {p.returncode}); its log, {OUT / f'log-{tag}.txt'}:\n"
                      + (OUT / f'log-{tag}.txt').read_text()[-4000:])
         if not seen: break
+        retries = retries if quiet.left > 0 else attempt     # no point in running it again once the wait budget is spent
         quiet.log.append(dict(label=tag, other_cpu_s=round(other_s, 1), busy_during=sorted({(q, c) for q, _, c in seen}),
                               rerun=attempt < retries))
         print(f"\n  {tag}: other processes used the CPU during the run ({sorted({c for _, _, c in seen})[:2]})"
               + ('; running it again' if attempt < retries else '; keeping it, flagged'), flush=True)
+        if attempt >= retries: break
     res = json.loads(Path(job['result']).read_text())
     res.update(whole_s=res.pop('t_done', t_end) - t0, exit_s=t_end - t0, peak_rss=ru.ru_maxrss * 1024,
                contended=bool(seen), other_cpu_s=other_s)
