@@ -15,8 +15,8 @@ from .data import read_records, load_articles, read_navab, read_opinions, load_s
 from .models import EMBEDDED, model_rows, convert_embedded, load_model, resolve, sentence_logprob, SENTENCES, is_cached
 
 # %% auto #0
-__all__ = ['KINDS', 'guess_kind', 'check_file', 'cmd_data_check', 'cmd_models', 'cmd_evaluate', 'compare_runs', 'cmd_compare',
-           'cmd_serve', 'plan', 'cmd_plan', 'demo', 'cmd_demo', 'parser', 'main']
+__all__ = ['KINDS', 'CHAPTER_COMMANDS', 'guess_kind', 'check_file', 'cmd_data_check', 'cmd_models', 'cmd_evaluate',
+           'compare_runs', 'cmd_compare', 'cmd_serve', 'plan', 'cmd_plan', 'demo', 'cmd_demo', 'parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #6e3502a2
 KINDS = ('articles', 'navab', 'opinions')
@@ -211,6 +211,15 @@ def cmd_demo(a) -> int:
     return 0
 
 # %% ../nbs/11_cli.ipynb #8f4d4580
+CHAPTER_COMMANDS = ('extract', 'grid', 'robustness')  # chapters that bring their own subcommand: `add_cli(sub)`
+
+def _chapter_cli(name: str, sub):
+    "Let chapter `navab.<name>` add its subcommand through its `add_cli(sub)`, when that chapter exists."
+    import importlib, importlib.util
+    if importlib.util.find_spec(f'navab.{name}') is None: return
+    mod = importlib.import_module(f'navab.{name}')
+    if hasattr(mod, 'add_cli'): mod.add_cli(sub)
+
 def parser() -> argparse.ArgumentParser:
     "The `navab` argument parser."
     p = argparse.ArgumentParser(prog='navab', description="Measure and improve how well LLMs align with the values of nations.")
@@ -253,6 +262,7 @@ def parser() -> argparse.ArgumentParser:
     pl_.set_defaults(fn=cmd_plan)
     de = sub.add_parser('demo', help='run the demo on the embedded defaults and write reports/index.html')
     de.add_argument('--out', default='reports'); de.set_defaults(fn=cmd_demo)
+    for name in CHAPTER_COMMANDS: _chapter_cli(name, sub)
     return p
 
 # %% ../nbs/11_cli.ipynb #056a608a
