@@ -12,7 +12,7 @@ from .settings import load_settings, repo_root
 from .schema import validate_records, quarantine_frame, Checked, combine, _raw
 
 # %% auto #0
-__all__ = ['FORMATS', 'read_records', 'article_id', 'load_articles', 'source_type_of', 'read_navab', 'load_samples',
+__all__ = ['FORMATS', 'MAX_LINE', 'read_records', 'article_id', 'load_articles', 'source_type_of', 'read_navab', 'load_samples',
            'read_opinions']
 
 # %% ../nbs/02_data.ipynb #d29352e1
@@ -34,11 +34,28 @@ def _q(file, row, reason, raw='', field='', stage='read'):
     "One quarantine row."
     return dict(file=str(file), row=row, stage=stage, field=field, reason=reason, raw=raw if isinstance(raw, str) else _raw(raw))
 
-def _jsonl(path: Path):
-    "Records of a JSONL file, line by line; bad lines (encoding, JSON) become quarantine rows."
-    recs, bad = [], []
+MAX_LINE = 16 << 20  # bytes: a longer JSONL line is quarantined without being held in memory
+
+def _lines(fh, limit: int = MAX_LINE):
+    "Yield `(line number, bytes or None, size)`; a line over `limit` bytes is skipped in 1 MiB chunks and given as None."
+    i = 0
+    while line := fh.readline(limit + 1):
+        i += 1
+        n = len(line)
+        if n > limit and not line.endswith(b'\n'):
+            while chunk := fh.readline(1 << 20):
+                n += len(chunk)
+                if chunk.endswith(b'\n'): break
+            yield i, None, n
+        else: yield i, line, n
+
+def _jsonl(path: Path, limit: int | None = None):
+    "Records of a JSONL file, line by line; bad lines (encoding, JSON, longer than `MAX_LINE`) become quarantine rows."
+    recs, bad, limit = [], [], limit or MAX_LINE
     with open(path, 'rb') as fh:
-        for i, line in enumerate(fh, 1):
+        for i, line, n in _lines(fh, limit):
+            if line is None:
+                bad.append(_q(path, i, f"line of {n:,} bytes is longer than the {limit:,}-byte limit (navab.data.MAX_LINE)")); continue
             if not line.strip(): continue
             try: s = line.decode('utf-8')
             except UnicodeDecodeError as e:
