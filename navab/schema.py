@@ -5,7 +5,7 @@ field, and the quarantine that keeps every rejected row with its reason."""
 
 # %% ../nbs/01_schema.ipynb #129b079f
 from __future__ import annotations
-import json, os, tempfile
+import json, os, re, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 import polars as pl
@@ -13,7 +13,7 @@ from .settings import load_settings
 
 # %% auto #0
 __all__ = ['SOURCE_TYPES', 'NATION', 'SCHEMAS', 'QUARANTINE', 'Field', 'schema', 'quarantine_frame', 'Checked',
-           'validate_records', 'validate_frame', 'combine', 'atomic_write', 'write_table']
+           'validate_records', 'validate_frame', 'combine', 'sweep_tmp', 'atomic_write', 'write_table']
 
 # %% ../nbs/01_schema.ipynb #7b15d630
 @dataclass(frozen=True)
@@ -155,15 +155,37 @@ def combine(checks, file: str = '<many>') -> Checked:
                    sum(c.n_in for c in checks), checks[0].kind, file)
 
 # %% ../nbs/01_schema.ipynb #1171d538
+_TMP = re.compile(r'^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp$')   # `.NAME.PID.RANDOM.tmp`: what atomic_write leaves while it writes
+
+def _alive(pid: int) -> bool:
+    "Whether process `pid` exists (a process we may not signal exists too)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def sweep_tmp(folder: str | Path) -> list:
+    "Delete the temporary files that writers killed mid-write (kill -9, power loss) left in `folder`; return their paths."
+    gone = []
+    for f in Path(folder).glob('.*.tmp'):
+        m = _TMP.match(f.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            f.unlink(missing_ok=True); gone.append(f)
+    return gone
+
 def atomic_write(path: str | Path, write) -> Path:
-    "Call `write(tmp_path)` then move the file into place, so a reader never sees half a file."
+    "Call `write(tmp_path)` then move the file into place, so a reader never sees half a file; errors name the path."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    sweep_tmp(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp)); os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno and str(path) not in str(e):
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+        raise
     return path
 
 # %% ../nbs/01_schema.ipynb #ad08926c
