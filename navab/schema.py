@@ -183,8 +183,9 @@ def atomic_write(path: str | Path, write) -> Path:
         write(Path(tmp)); os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno and str(path) not in str(e):
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+        code = e.errno if isinstance(e, OSError) else int(m[1]) if (m := re.search(r'\(os error (\d+)\)', str(e))) else None
+        if code and str(path) not in str(e):   # polars and pyarrow report IO errors as "... (os error 28)" without an errno
+            raise OSError(code, f"cannot write {path}: {os.strerror(code)}") from e
         raise
     return path
 
