@@ -13,7 +13,7 @@ import polars as pl
 from .schema import atomic_write
 
 # %% auto #0
-__all__ = ['ENGINE', 'RESULTS', 'encode_requests', 'request_key', 'score_reference', 'read_results', 'score']
+__all__ = ['ENGINE', 'PAD_SLACK', 'RESULTS', 'encode_requests', 'request_key', 'score_reference', 'read_results', 'score']
 
 # %% ../nbs/04_score.ipynb #05d1f84b
 def _move_space(context: str, continuation: str) -> tuple:
@@ -130,8 +130,8 @@ def _group_keys(requests: pl.DataFrame) -> list:
     g = requests['group'].to_list() if 'group' in requests.columns else [None] * len(requests)
     return [('g', v) if v is not None else ('c', c) if c else ('r', i) for i, (v, c) in enumerate(zip(g, requests['context']))]
 
-def _plan(seqs, keys, batch_size: int, window: int | None = None) -> list:
-    "Cut requests (token lists, group keys) into units of at most `batch_size` groups sharing token prefixes."
+def _plan(seqs, keys, batch_size: int, window: int | None = None, slack: float | None = None) -> list:
+    "Cut requests (token lists, group keys) into units of at most `batch_size` groups, padding at most `slack` of a row."
     by = {}
     for i, key in enumerate(keys): by.setdefault(key, []).append(i)
     groups = []
@@ -146,7 +146,8 @@ def _plan(seqs, keys, batch_size: int, window: int | None = None) -> list:
     for g in groups:
         grown = cur + [g]
         sliding_ok = not window or max(u.suffix for u in grown) == 0 or grown[0].k + max(u.suffix for u in grown) <= window
-        if cur and (len(cur) >= batch_size or not sliding_ok): units.append(cur); cur = [g]
+        padded_ok = slack is None or g.k + g.suffix >= (1 - slack) * (grown[0].k + grown[0].suffix)
+        if cur and (len(cur) >= batch_size or not sliding_ok or not padded_ok): units.append(cur); cur = [g]
         else: cur = grown
     return units + [cur] if cur else units
 
@@ -176,8 +177,10 @@ def _prefix_pass(model, seqs, starts, unit, padding: str):
     "Run a unit's prefixes as one batch: `(who, logprobs, greedy)` of the tokens they predict, their mask, the KV cache."
     ids, mask, pos, off = _pad([seqs[g.members[0]][:g.k] for g in unit], padding)
     dev = model.device
-    out = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                           use_cache=any(g.suffix for g in unit))
+    # Right padding: causal attention already keeps real tokens from seeing the pads after them, and positions are
+    # 0..n-1, so no mask is passed and attention takes its plain causal path (no [batch, 1, T, T] mask to build).
+    kw = {} if padding == 'right' else dict(attention_mask=mask.to(dev), position_ids=pos.to(dev))
+    out = model.base_model(input_ids=ids.to(dev), use_cache=any(g.suffix for g in unit), **kw)
     T, rows, tgts, who = ids.shape[1], [], [], []
     for r, g in enumerate(unit):
         for i in g.members:
@@ -219,6 +222,8 @@ def _run_unit(model, seqs, starts, unit, batch_size: int, padding: str = 'right'
     return members, lp.tolist(), [len(seqs[i]) - starts[i] for i in members], (miss == 0).tolist()
 
 # %% ../nbs/04_score.ipynb #58c56dfc
+PAD_SLACK = 0.1  # a unit's rows are padded by at most this share of its longest row
+
 def _score_tokens(model, seqs, starts, keys, batch_size: int = 8, padding: str = 'right'):
     "Yield `(request indices, logprobs, n_tokens, greedy)` per unit for tokenised requests grouped by `keys`."
     import torch
@@ -229,7 +234,7 @@ def _score_tokens(model, seqs, starts, keys, batch_size: int = 8, padding: str =
     if empty: yield empty, [0.0] * len(empty), [0] * len(empty), [True] * len(empty)
     todo = [i for i, (x, s) in enumerate(zip(seqs, starts)) if len(x) > s]
     window = getattr(model.config.get_text_config(), 'sliding_window', None)
-    for unit in _plan([seqs[i] for i in todo], [keys[i] for i in todo], batch_size, window):
+    for unit in _plan([seqs[i] for i in todo], [keys[i] for i in todo], batch_size, window, PAD_SLACK):
         unit = [_Group(g.k, [todo[i] for i in g.members], g.suffix) for g in unit]
         with torch.inference_mode(): done = _run_unit(model, seqs, starts, unit, batch_size, padding)
         yield done
