@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow check-nbs nbtest pytest lab bench clean help
+.PHONY: install demo test test-slow check-nbs nbtest pytest lab browser bench clean help
 
 help:
 	@echo "make demo    install into .venv and run the demo, ending with reports/index.html"
@@ -60,6 +60,11 @@ test-slow: install
 
 lab: install
 	$(BIN)/jupyter lab --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.root_dir=.
+
+# Debian's headless Chromium for the report browser test (tests/test_reports.py installs it too, as root; it skips,
+# saying so, where it cannot).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium; } || echo "make: chromium missing and not installable here (needs root and apt-get): the browser test will skip"
 
 # Benchmarks (by hand, never in tests): the engine vs a brute-force reference, then navab vs lm-evaluation-harness vs
 # the original NaVAB way (HF evaluate perplexity) on the same requests, in the benchmark's own venv.

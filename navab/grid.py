@@ -392,7 +392,7 @@ def to_html(ipynb: str | Path, dest: str | Path, no_input: bool = True, title: s
     "Convert an executed notebook to self-contained HTML (code hidden unless asked; no scripts fetched from the network)."
     from nbconvert import HTMLExporter
     import nbformat
-    e = HTMLExporter(exclude_input=no_input, exclude_input_prompt=True, exclude_output_prompt=True)
+    e = HTMLExporter(exclude_input=no_input, exclude_input_prompt=True, exclude_output_prompt=True, exclude_raw=True)  # raw: the front matter
     body, _ = e.from_notebook_node(nbformat.read(ipynb, 4), resources={'metadata': {'name': title or Path(dest).stem}})
     body = _EXTERNAL.sub('', body)
     return _public(atomic_write(dest, lambda t: t.write_text(body, encoding='utf-8')))

@@ -235,14 +235,14 @@ def test_real_model_on_navab_hk(shared, tmp_path):
     from navab.grid import run_grid
     out = tmp_path/'reports'
     idx = run_grid(['smollm2-135m'], ['CN'], {'CN': [shared/'navab-hk'/'human_statement_result.json', shared/'navab-hk'/'official_statement_result.json']},
-                   methods=['mc', 'aj'], out=out, limit=6, aj_limit=3, max_new_tokens=8, progress=False)
+                   methods=['mc', 'aj'], out=out, limit=4, aj_limit=2, max_new_tokens=6, progress=False)
     recs = _records(out)
     assert recs['run-smollm2-135m-CN']['status'] == 'ok', recs['run-smollm2-135m-CN']
     assert recs['study']['status'] == 'ok', recs['study']
-    assert 'MC ' in recs['run-smollm2-135m-CN']['headline'] and '(n=6)' in recs['run-smollm2-135m-CN']['headline']
+    assert 'MC ' in recs['run-smollm2-135m-CN']['headline'] and '(n=4)' in recs['run-smollm2-135m-CN']['headline']
     s = json.loads((out/'runs'/'smollm2-135m'/'CN'/'mc'/'summary.json').read_text())
-    assert s['n'] == 6 and s['model'] == 'smollm2-135m'
+    assert s['n'] == 4 and s['model'] == 'smollm2-135m'
     html = (out/'run-smollm2-135m-CN.html').read_text(encoding='utf-8')
     q = pl.read_parquet(out/'samples'/'CN.parquet')
     assert 70 <= len(q) <= 75 and 'smollm2-135m' in idx.read_text(encoding='utf-8')
-    assert any(x[:20] in html for x in q['question'].head(6).to_list())   # the worst-samples table shows real questions
+    assert any(x[:20] in html for x in q['question'].head(4).to_list())   # the worst-samples table shows real questions
