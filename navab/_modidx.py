@@ -334,6 +334,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'navab.topics._keyword_label': ('topics.html#_keyword_label', 'navab/topics.py'),
                               'navab.topics._load_model': ('topics.html#_load_model', 'navab/topics.py'),
                               'navab.topics._progress': ('topics.html#_progress', 'navab/topics.py'),
+                              'navab.topics._quiet_update': ('topics.html#_quiet_update', 'navab/topics.py'),
                               'navab.topics.assign_topics': ('topics.html#assign_topics', 'navab/topics.py'),
                               'navab.topics.compare_embeddings': ('topics.html#compare_embeddings', 'navab/topics.py'),
                               'navab.topics.embedder': ('topics.html#embedder', 'navab/topics.py'),

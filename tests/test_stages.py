@@ -1,6 +1,6 @@
 """Conflict reduction, source judgment and sample construction (extraction stages 4-7): unit tests with a fake
 generator, and small runs of the real embedded models on real data (demo corpus and labels, navab-hk)."""
-import csv, json, random
+import csv, json, random, re
 from pathlib import Path
 import polars as pl
 import pytest
@@ -208,3 +208,75 @@ def test_review_round_trip_and_errors(tmp_path):
     bad = [*rows]; bad[2] = {**rows[2], 'id': 'nope'}
     write(bad)
     with pytest.raises(ValueError, match=r"row 4, field 'id': unknown sample id"): SM.review_import(frame, sheet)
+
+
+# ---- real embedded model on real data (small: a few pairs, statements and articles) ---------------------------------
+@pytest.fixture(scope='module')
+def gemma_gen(tmp_path_factory):
+    "The embedded multilingual Gemma-3-270M behind the Generator interface, with a fresh cache (nothing reused)."
+    from navab.llm import get_generator
+    return get_generator('gemma3-270m', run_dir=tmp_path_factory.mktemp('gemma-run'))
+
+
+def demo_articles():
+    return pl.concat([pl.read_ndjson(ROOT / f'data/demo/corpus/{n}.jsonl') for n in ('CN', 'US', 'UK', 'FR', 'DE')])
+
+
+def test_real_detector_precision_recall(gemma_gen):
+    pairs = C.read_pairs().filter(pl.col('id').str.ends_with('-01') | pl.col('id').str.ends_with('-22'))  # paraphrase / negation
+    t = C.detector_scores(pairs, gemma_gen)
+    print(t)
+    assert t['lang'].to_list() == ['de', 'en', 'fr', 'zh', 'all'] and t['n'].to_list() == [2, 2, 2, 2, 8]
+    assert (t['tp'] + t['fn']).to_list() == [1, 1, 1, 1, 4] and (t['tp'] + t['fp'] + t['fn'] + t['tn'] == t['n']).all()
+
+
+def test_real_conflict_on_demo_topic(gemma_gen):
+    lab = pl.read_csv(ROOT / 'data/demo/labels.csv')
+    arts = demo_articles().join(lab.select('id', 'topic', 'kind'), on='id').filter(pl.col('nation') == 'FR', pl.col('topic') == lab.filter(pl.col('id') == 'fr-001')['topic'].item())
+    assert 'contradiction' in arts['kind'].to_list()
+    df = arts.select(pl.concat_str('id', pl.lit('-s1')).alias('id'), pl.col('id').alias('article_id'), 'nation', 'lang', 'topic',
+                     pl.col('title').alias('statement'), 'outlet')
+    frame, q = C.conflict(df, gemma_gen, nation='FR', lang='fr', progress=False)
+    print(frame.select('id', 'statement', 'stance', 'stance_weight', 'kept', 'conflicts_with'))
+    assert len(frame) + len(q) == len(df) and len(q) == 0
+    kept = set(frame.filter('kept')['id'])
+    for r in frame.filter(~pl.col('kept')).iter_rows(named=True):
+        assert r['conflicts_with'] in kept and r['removed_reason'].startswith('contradicts')
+    assert frame['stance'].null_count() == 0 and (frame['stance_weight'] >= 1).all()
+
+
+def test_real_source_agreement(gemma_gen, shared):
+    from navab.stats import agreement
+    d = json.loads((shared / 'navab-hk/source_statement_result.json').read_text(encoding='utf-8'))
+    pick = [r for r in d if r['source'].strip() == 'unknown'][:3] + [r for r in d if r['source'].strip() in ('張炳良', '博雷利', '郭榮鏗')]
+    hk = pl.DataFrame({'id': [f'hk{i}' for i in range(len(pick))], 'lang': 'zh', 'statement': [r['statement'].strip() for r in pick]})
+    f, q = S.source(hk, gemma_gen, nation='CN', lang='zh', progress=False)
+    gold = ['official' if r['source'].strip() == 'unknown' else 'quoted' for r in pick]
+    a = agreement(gold, f['source_type'].to_list())
+    print('navab-hk', a, f.select('statement', 'source_type', 'speaker', 'source_p_llm').rows())
+    assert len(f) == 6 and a['agreement'] >= 4 / 6
+    assert f.filter(pl.col('source_type') == 'quoted')['speaker'].null_count() == 0
+    lab = pl.read_csv(ROOT / 'data/demo/labels.csv')
+    demo = demo_articles().join(lab.select('id', 'kind', 'speaker'), on='id').filter(pl.col('id').is_in(['fr-001', 'fr-004', 'de-001', 'de-005']))
+    f2, _ = S.source(demo.select('id', 'lang', pl.col('text').alias('statement')).filter(pl.col('lang') == 'fr'), gemma_gen, nation='FR', lang='fr', progress=False)
+    f3, _ = S.source(demo.select('id', 'lang', pl.col('text').alias('statement')).filter(pl.col('lang') == 'de'), gemma_gen, nation='DE', lang='de', progress=False)
+    got = pl.concat([f2, f3]).join(demo.select('id', 'kind', pl.col('speaker').alias('gold_speaker')), on='id')
+    print(got.select('id', 'kind', 'source_type', 'speaker', 'gold_speaker'))
+    assert agreement(got['kind'].to_list(), got['source_type'].to_list())['agreement'] >= 0.75
+
+
+def test_real_samples_round_trip(gemma_gen, shared, tmp_path):
+    d = json.loads((shared / 'navab-hk/filtered_statement_result.json').read_text(encoding='utf-8'))
+    zh = [r['statement'].strip() for r in d if r['statement'].strip() and re.search('[\u4e00-\u9fff]', r['statement'])][:1]
+    fr = demo_articles().filter(pl.col('id') == 'fr-001')['title'].to_list()
+    df = pl.DataFrame({'id': ['hk-1', 'fr-001-s1'], 'article_id': ['hk', 'fr-001'], 'nation': ['CN', 'FR'], 'lang': ['zh', 'fr'],
+                       'topic': [1, 1], 'source_type': 'official', 'statement': zh + fr})
+    frame, q = SM.samples(df, gemma_gen, nation='CN', lang='zh', progress=False, max_new_tokens=80)
+    print(frame.select('id', 'question', 'reverse_statement', 'drop_reason').rows(), q.rows())
+    assert len(frame) + len(q) == 2 and set(frame['id']) | set(q['row']) == {'hk-1', 'fr-001-s1'}
+    for r in frame.filter('kept').iter_rows(named=True):
+        assert SM.validate_sample(r['question'], r['statement'], r['reverse_statement'], r['lang']) is None
+    for r in q.iter_rows(named=True): assert r['reason'] and r['raw'].startswith('{"question": "')
+    kept = frame.filter('kept', pl.col('lang') == 'zh')
+    SM.to_navab_format(kept, tmp_path / 'n.json')
+    assert read_navab(tmp_path / 'n.json', 'CN').counts['out'] == len(kept)
