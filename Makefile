@@ -73,6 +73,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_score.py --model smollm2-135m
 	bash benchmarks/setup_lmeval.sh
 	benchmarks/.venv-lmeval/bin/python benchmarks/bench_lmeval.py --model smollm2-135m
+	nice -n 5 $(BIN)/python benchmarks/bench_extract.py --sizes 10000 100000
 
 clean:
 	rm -rf reports/*.html runs
