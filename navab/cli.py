@@ -153,60 +153,45 @@ def _h(x) -> str:
     return html.escape(str(x))
 
 # %% ../nbs/11_cli.ipynb #95031fcf
-def demo(out: str | Path = 'reports', shared: str | Path | None = None) -> Path:
-    "Run the demo: check the bundled corpus, load both embedded models, evaluate them on ../shared/data when present, write index.html."
+def _funnel(counts: dict) -> str:
+    "One line of an extraction's counts: rows kept by each stage, and how many were quarantined."
+    steps = [f"{st} {c['out']}" for st, c in counts.items() if isinstance(c, dict) and 'out' in c]
+    q = sum(c.get('quarantined', 0) for c in counts.values() if isinstance(c, dict))
+    return ' -> '.join(steps) + f" ({q} quarantined)"
+
+def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
+         aj_limit: int | None = None, generator: str | None = None, progress: bool = True) -> Path:
+    "Run the demo: extract samples from the bundled corpus per nation, then the grid (models x nations, MC and AJ): index.html."
     from tqdm.auto import tqdm
-    S = load_settings(); out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    checks = [('demo corpus', check_file(repo_root()/'data'/'demo'/'corpus', 'articles'))]
+    from .extract import extract
+    from .grid import run_grid, write_index, HK_FILES
+    S = load_settings(); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
+    t0, notes, samples = time.time(), [], {}
+    corpus = repo_root()/'data'/'demo'/'corpus'
     shared = Path(shared) if shared else repo_root().parent/'shared'/'data'
-    if (shared/'navab-hk').exists():
-        for f in sorted((shared/'navab-hk').glob('*.json')): checks.append((f.name, check_file(f, 'navab', 'CN')))
-        checks.append(('GlobalOpinionQA', check_file(shared/'global-opinions'/'eval.json', 'opinions')))
-    models = []
-    for n in tqdm(S.models, desc='models'):
-        m, tok, info = load_model(n)
-        lps = {k: sentence_logprob(m, tok, s, info.start_token_id) for k, s in SENTENCES.items()}
-        models.append((info, lps)); del m
-    rows = ''.join(f"<tr><td>{_h(n)}</td><td>{c.counts['in']}</td><td>{c.counts['out']}</td><td>{c.counts['quarantined']}</td>"
-                   f"<td><pre>{_h(_problems(c, 3))}</pre></td></tr>" for n, c in checks)
-    mrows = ''.join(f"<tr><td>{_h(i.name)}</td><td>{i.n_params/1e6:.0f}M</td><td>{_h(i.dtype)}</td><td>{_h(i.start_token)}</td>"
-                    f"<td><code>{_h(i.hash[:12])}</code></td><td>{i.load_s}</td>" + ''.join(f"<td>{v:.1f}</td>" for v in l.values()) + "</tr>"
-                    for i, l in models)
-    evals = []
-    if (shared/'navab-hk').exists():
-        from navab.evaluate import evaluate
-        hk = pl.concat([load_samples(shared/'navab-hk'/f, 'CN').valid for f in ('human_statement_result.json', 'official_statement_result.json')])
-        items = read_opinions(shared/'global-opinions'/'eval.json').valid
-        items = pl.concat([g.head(6) for _, g in items.group_by('nation', maintain_order=True)])
-        for n in S.models:
-            for method, data, kw in (('mc', hk, {}), ('aj', hk, dict(limit=8, max_new_tokens=24)), ('opinions', items, {})):
-                r = evaluate(data, n, out/'runs'/f'{n}-hk-{method}', method=method, seed=S.seed, **kw)
-                evals.append(r)
-    erows = ''.join(f"<tr><td>{_h(r['model'])}</td><td>{_h(r['method'])}</td><td>{r['n']}</td>"
-                    f"<td>{r.get('accuracy', r.get('similarity')):.3f}</td><td>[{r['ci_low']:.3f}, {r['ci_high']:.3f}]</td>"
-                    f"<td>{_h(r['mc_aj']['agreement'] if 'mc_aj' in r else '')}</td><td>{r['wall_s']}</td></tr>" for r in evals)
-    etable = (f"<h2>Evaluation on NaVAB HK samples and GlobalOpinionQA</h2><p>MC and AJ: accuracy (share of samples where the "
-              f"model prefers the nation's statement), seeded bootstrap 95% CI; AJ on the first 8 samples. Opinions: mean 1 - JSD "
-              f"(base 2) over 6 items per nation. Run folders: <code>runs/</code>.</p><table><tr><th>model</th><th>method</th><th>n</th>"
-              f"<th>accuracy / similarity</th><th>95% CI</th><th>MC-AJ agreement</th><th>wall s</th></tr>{erows}</table>") if evals else \
-             "<h2>Evaluation</h2><p>../shared/data not found: the NaVAB HK evaluation was skipped.</p>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>navab demo</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}pre{{margin:0;font-size:.8em;white-space:pre-wrap}}</style></head><body>
-<h1>navab {_h(__version__)}: demo</h1>
-<p>Study <b>{_h(S.name)}</b> ({_h(S.path)}): nations {_h(', '.join(f'{c} ({n.lang})' for c, n in S.nations.items()))}.</p>
-<h2>Data checks</h2><table><tr><th>file</th><th>in</th><th>out</th><th>quarantined</th><th>first problems</th></tr>{rows}</table>
-<h2>Embedded models</h2><p>Log-likelihood (nats) of one sentence per language, after each model's start token.</p>
-<table><tr><th>model</th><th>params</th><th>dtype</th><th>start token</th><th>hash</th><th>load s</th>{''.join(f'<th>{k}</th>' for k in SENTENCES)}</tr>{mrows}</table>
-{etable}
-<h2>Not built yet</h2><p>Extraction from the demo corpus, the papermill report grid, robustness and alignment arrive with their issues; this page shows only what runs today.</p>
-<p>Made in {time.time() - t0:.0f} s.</p></body></html>"""
-    return atomic_write(out/'index.html', lambda t: t.write_text(page, encoding='utf-8'))
+    for n in tqdm(S.grid['nations'], desc='extract', disable=not progress):
+        d = out/'extract'/n
+        counts = extract(corpus/f'{n}.jsonl', n, d, generator=generator, seed=S.seed, progress=progress)
+        notes.append(f"extract {n} (data/demo/corpus/{n}.jsonl -> extract/{n}/): {_funnel(counts)}")
+        samples[n] = [d/'samples.parquet']
+    hk = shared/'navab-hk'
+    if hk.is_dir() and 'CN' in samples:
+        samples['CN'] += [hk/f for f in HK_FILES if (hk/f).is_file()]
+        notes.append(f"CN also gets the real NaVAB HK samples ({', '.join(HK_FILES)}) from {hk}")
+    else: notes.append(f"{hk} not found: China is evaluated on the demo corpus's samples alone")
+    goqa = shared/'global-opinions'/'eval.json'
+    methods = list(S.grid['methods']) + (['opinions'] if goqa.is_file() and 'opinions' not in S.grid['methods'] else [])
+    t1 = time.time()
+    run_grid(S.grid['models'], S.grid['nations'], samples, methods, out, workers or S.grid['workers'], limit, S.seed, progress,
+             aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path)
+    g = json.loads((out/'grid.json').read_text(encoding='utf-8'))
+    notes += g['notes'] + [f"extraction {t1 - t0:.0f} s, grid {time.time() - t1:.0f} s (navab {__version__}, seed {S.seed})"]
+    return write_index(out, g['records'], notes, f"navab demo: {S.name}")
 
 # %% ../nbs/11_cli.ipynb #971ed33d
 def cmd_demo(a) -> int:
-    "navab demo: run the demo and say where the page is."
-    p = demo(a.out)
+    "navab demo: run the demo and say where the page is (its last line)."
+    p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit, generator=a.generator)
     print(f"demo report: {p.resolve()}")
     return 0
 
@@ -261,7 +246,10 @@ def parser() -> argparse.ArgumentParser:
     pl_.add_argument('--settings'); pl_.add_argument('--models'); pl_.add_argument('--nations')
     pl_.set_defaults(fn=cmd_plan)
     de = sub.add_parser('demo', help='run the demo on the embedded defaults and write reports/index.html')
-    de.add_argument('--out', default='reports'); de.set_defaults(fn=cmd_demo)
+    de.add_argument('--out', default='reports'); de.add_argument('--workers', type=int, help='reports in parallel processes')
+    de.add_argument('--limit', type=int, help='at most N samples per run'); de.add_argument('--aj-limit', type=int, help='at most N samples per AJ run')
+    de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
+    de.set_defaults(fn=cmd_demo)
     for name in CHAPTER_COMMANDS: _chapter_cli(name, sub)
     return p
 
