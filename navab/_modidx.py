@@ -2,6 +2,7 @@
 
 d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_url': 'https://github.com/navab/navab', 'lib_path': 'navab'},
   'syms': { 'navab.cli': { 'navab.cli._chapter_cli': ('cli.html#_chapter_cli', 'navab/cli.py'),
+                           'navab.cli._funnel': ('cli.html#_funnel', 'navab/cli.py'),
                            'navab.cli._h': ('cli.html#_h', 'navab/cli.py'),
                            'navab.cli._problems': ('cli.html#_problems', 'navab/cli.py'),
                            'navab.cli.check_file': ('cli.html#check_file', 'navab/cli.py'),
@@ -25,6 +26,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'navab.conflict._pairs_for': ('conflict.html#_pairs_for', 'navab/conflict.py'),
                                 'navab.conflict._stance_weight': ('conflict.html#_stance_weight', 'navab/conflict.py'),
                                 'navab.conflict._weights': ('conflict.html#_weights', 'navab/conflict.py'),
+                                'navab.conflict.calibrate_detector': ('conflict.html#calibrate_detector', 'navab/conflict.py'),
                                 'navab.conflict.char_similarity': ('conflict.html#char_similarity', 'navab/conflict.py'),
                                 'navab.conflict.conflict': ('conflict.html#conflict', 'navab/conflict.py'),
                                 'navab.conflict.contradiction_features': ('conflict.html#contradiction_features', 'navab/conflict.py'),

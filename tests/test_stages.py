@@ -33,11 +33,16 @@ def _last(p, key):
 
 
 def contra_gen():
-    "Judge: a pair contradicts when exactly one side holds 'not' (the calibration pair scores 0)."
+    "A pair contradicts when exactly one side holds 'not': judge prompts (calibration pair scores 0) and connective ones."
+    neg = lambda x: 'not' in x.split()
     def ch(p, opts):
-        a, b = _last(p, 'Statement A'), _last(p, 'Statement B')
-        if 'N/A' in a: return [0.0, 0.0]
-        return [0.0, 3.0] if ('not' in a.split()) != ('not' in b.split()) else [3.0, 0.0]
+        if 'Statement A:' in p:
+            a, b = _last(p, 'Statement A'), _last(p, 'Statement B')
+            if 'N/A' in a: return [0.0, 0.0]
+            return [0.0, 3.0] if neg(a) != neg(b) else [3.0, 0.0]
+        contrary = p.endswith(C.CONNECTIVE['en'][1])
+        a = p[:-len(C.CONNECTIVE['en'][1 if contrary else 0])]
+        return [0.0 if (neg(a) != neg(opts[0])) == contrary else -3.0]
     return FakeGen(choose=ch)
 
 
@@ -280,3 +285,15 @@ def test_real_samples_round_trip(gemma_gen, shared, tmp_path):
     kept = frame.filter('kept', pl.col('lang') == 'zh')
     SM.to_navab_format(kept, tmp_path / 'n.json')
     assert read_navab(tmp_path / 'n.json', 'CN').counts['out'] == len(kept)
+
+
+def test_stages_accept_an_empty_frame():
+    df = stmts([('s1', 'a1', 'US', 'en', 1, 'x', 'official', 'X')]).clear()
+    for fn, gen in ((C.conflict, contra_gen()), (S.source, source_gen()), (SM.samples, qrs_gen())):
+        frame, q = fn(df, gen, nation='US', lang='en', progress=False)
+        assert len(frame) == 0 and len(q) == 0 and 'kept' in frame.columns
+
+
+def test_calibrate_detector_fits_a_threshold_for_a_generator():
+    cfg = C.calibrate_detector(contra_gen(), 'judge', C.read_pairs().filter(pl.col('lang') == 'en'))
+    assert cfg['model'] == 'fake' and cfg['method'] == 'judge' and isinstance(cfg['threshold'], float)
