@@ -39,14 +39,14 @@ def test_screen_keeps_yes_whose_reason_says_not_or_know():
 
 
 def test_statements_and_screen_real_model(smollm2, tmp_path):
-    "SmolLM2-135M on four French demo articles: every article is a French statement or a quarantine row with its reason."
+    "SmolLM2-135M on two French demo articles: every article is a French statement or a quarantine row with its reason."
     from navab.data import load_articles
     from navab.llm import LocalGenerator
     g = LocalGenerator('smollm2-135m', run_dir=tmp_path)
     g._m = smollm2
-    arts = load_articles(FR, 'FR').valid.head(4)
+    arts = load_articles(FR, 'FR').valid.head(2)
     st, q = extract_statements(arts, g, nation='FR', lang='fr', progress=False)
-    assert len(st) + len(q) == 4 and set(st['article_id']) | set(q['row']) == set(arts['id'])
+    assert len(st) + len(q) == 2 and set(st['article_id']) | set(q['row']) == set(arts['id'])
     for s in st['statement']: assert lang_problem(s, 'fr') is None
     for r in q.iter_rows(named=True): assert r['reason'] and r['raw'].startswith('{"statement": "')
     fr, _ = screen(st, g, nation='FR', lang='fr', progress=False, max_reason_tokens=12)
