@@ -230,29 +230,38 @@ def paired_table(scores: pl.DataFrame, method: str = 'mc', seed: int = 0) -> pl.
 
 # %% ../nbs/10b_grid.ipynb #16349c24
 def share_frame(scores: pl.DataFrame, table: pl.DataFrame, langs: dict) -> pl.DataFrame:
-    "Scores with `lang` (the nation's language) and `share` (that language's share in the model's pretraining, null when unpublished)."
+    "Scores with `lang`, `share` (that language's pretraining share, null when unpublished) and `covered` (documented language: 1/0)."
     rows = []
     for m in table.iter_rows(named=True):
-        for n, l in langs.items(): rows.append(dict(model=m['model'], nation=n, share=m.get(f'{l}_share')))
-    sh = pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'share': pl.Float64})
+        docs = [x.strip() for x in (m.get('languages') or '').replace(';', ',').split(',') if x.strip()]
+        for n, l in langs.items():
+            s = m.get(f'{l}_share')
+            cov = 1.0 if l in docs else (float(s > 0) if s is not None else (0.0 if docs else None))
+            rows.append(dict(model=m['model'], nation=n, share=s, covered=cov))
+    sh = pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'share': pl.Float64, 'covered': pl.Float64})
     return scores.with_columns(pl.col('nation').replace_strict(langs, default=None).alias('lang')).join(sh, on=['model', 'nation'], how='left')
 
 # %% ../nbs/10b_grid.ipynb #d7767e78
 def fit_share_model(df: pl.DataFrame) -> dict:
-    "Logistic GLM of correctness on language share (+ topic fixed effects), falling back to fewer terms: a dict with the fit and notes."
+    "Logistic GLM of correctness on language share (or coverage when a share is unpublished) + topic fixed effects, with fallbacks."
     import warnings
     import statsmodels.formula.api as smf, statsmodels.api as sm
     d = df.filter(pl.col('correct').is_not_null())
     missing = sorted(d.filter(pl.col('share').is_null())['model'].unique().to_list())
-    d = d.filter(pl.col('share').is_not_null()).with_columns(pl.col('correct').cast(pl.Int64), pl.col('topic').fill_null('(none)'))
-    notes = [f"left out (share of the nation's language not published): {', '.join(missing)}"] if missing else []
-    res = dict(ok=False, n=len(d), formula=None, coefs=None, notes=notes, models=sorted(d['model'].unique().to_list()))
-    if len(d) < 10 or d['share'].n_unique() < 2 or d['correct'].n_unique() < 2:
-        res['notes'] = notes + [f"not estimable: {len(d)} samples, {d['share'].n_unique()} distinct share values, "
+    x, notes = 'share', []
+    if missing and 'covered' in d.columns and d['covered'].null_count() == 0:
+        x = 'covered'
+        notes.append(f"pretraining share of the nation's language not published for {', '.join(missing)}: the covariate is `covered` "
+                     "(1 when the language is among the model's documented pretraining languages, else 0) for every model")
+    elif missing: notes.append(f"left out (share of the nation's language not published): {', '.join(missing)}")
+    d = d.filter(pl.col(x).is_not_null()).with_columns(pl.col('correct').cast(pl.Int64), pl.col('topic').fill_null('(none)'))
+    res = dict(ok=False, n=len(d), formula=None, coefs=None, notes=notes, models=sorted(d['model'].unique().to_list()), term=x)
+    if len(d) < 10 or d[x].n_unique() < 2 or d['correct'].n_unique() < 2:
+        res['notes'] = notes + [f"not estimable: {len(d)} samples, {d[x].n_unique()} distinct {x} values, "
                                 f"{d['correct'].n_unique()} outcome values (needs >= 10, >= 2 and 2)"]
         return res
-    pdf = d.select('correct', 'share', 'topic', 'model', 'nation').to_pandas()
-    forms = (['correct ~ share + C(topic)'] if d['topic'].n_unique() > 1 else []) + ['correct ~ share']
+    pdf = d.select('correct', x, 'topic', 'model', 'nation').to_pandas()
+    forms = ([f'correct ~ {x} + C(topic)'] if d['topic'].n_unique() > 1 else []) + [f'correct ~ {x}']
     for f in forms:
         try:
             with warnings.catch_warnings():
@@ -266,7 +275,7 @@ def fit_share_model(df: pl.DataFrame) -> dict:
         co = pl.DataFrame(dict(term=list(r.params.index), coef=r.params.values, ci_low=ci[0].values, ci_high=ci[1].values, p_value=r.pvalues.values))
         co = co.with_columns(pl.col('coef').exp().alias('odds_ratio'))
         return dict(res, ok=True, formula=f, coefs=co, aic=float(r.aic), n_topics=int(d['topic'].n_unique()),
-                    share_values=sorted(d['share'].unique().to_list()))
+                    share_values=sorted(d[x].unique().to_list()))
     res['notes'].append('no formula could be fitted')
     return res
 
