@@ -237,8 +237,9 @@ def test_real_detector_precision_recall(gemma_gen):
 
 def test_real_conflict_on_demo_topic(gemma_gen):
     lab = pl.read_csv(ROOT / 'data/demo/labels.csv')
-    arts = demo_articles().join(lab.select('id', 'topic', 'kind'), on='id').filter(pl.col('nation') == 'FR', pl.col('topic') == lab.filter(pl.col('id') == 'fr-001')['topic'].item())
-    assert 'contradiction' in arts['kind'].to_list()
+    # FR economy: two editorials, the editorial that contradicts fr-003 (Sunday rest) and fr-003 itself
+    arts = demo_articles().join(lab.select('id', 'topic', 'kind', 'contradicts'), on='id').filter(pl.col('id').is_in(['fr-001', 'fr-002', 'fr-003', 'fr-006']))
+    assert arts.filter(pl.col('id') == 'fr-006')['contradicts'].item() == 'fr-003'
     df = arts.select(pl.concat_str('id', pl.lit('-s1')).alias('id'), pl.col('id').alias('article_id'), 'nation', 'lang', 'topic',
                      pl.col('title').alias('statement'), 'outlet')
     frame, q = C.conflict(df, gemma_gen, nation='FR', lang='fr', progress=False)
@@ -253,36 +254,34 @@ def test_real_conflict_on_demo_topic(gemma_gen):
 def test_real_source_agreement(gemma_gen, shared):
     from navab.stats import agreement
     d = json.loads((shared / 'navab-hk/source_statement_result.json').read_text(encoding='utf-8'))
-    pick = [r for r in d if r['source'].strip() == 'unknown'][:3] + [r for r in d if r['source'].strip() in ('張炳良', '博雷利', '郭榮鏗')]
+    pick = [r for r in d if r['source'].strip() == 'unknown'][:2] + [r for r in d if r['source'].strip() in ('張炳良', '博雷利')]
     hk = pl.DataFrame({'id': [f'hk{i}' for i in range(len(pick))], 'lang': 'zh', 'statement': [r['statement'].strip() for r in pick]})
     f, q = S.source(hk, gemma_gen, nation='CN', lang='zh', progress=False)
     gold = ['official' if r['source'].strip() == 'unknown' else 'quoted' for r in pick]
     a = agreement(gold, f['source_type'].to_list())
     print('navab-hk', a, f.select('statement', 'source_type', 'speaker', 'source_p_llm').rows())
-    assert len(f) == 6 and a['agreement'] >= 4 / 6
+    assert len(f) == 4 and a['agreement'] >= 3 / 4
     assert f.filter(pl.col('source_type') == 'quoted')['speaker'].null_count() == 0
     lab = pl.read_csv(ROOT / 'data/demo/labels.csv')
-    demo = demo_articles().join(lab.select('id', 'kind', 'speaker'), on='id').filter(pl.col('id').is_in(['fr-001', 'fr-004', 'de-001', 'de-005']))
-    f2, _ = S.source(demo.select('id', 'lang', pl.col('text').alias('statement')).filter(pl.col('lang') == 'fr'), gemma_gen, nation='FR', lang='fr', progress=False)
-    f3, _ = S.source(demo.select('id', 'lang', pl.col('text').alias('statement')).filter(pl.col('lang') == 'de'), gemma_gen, nation='DE', lang='de', progress=False)
-    got = pl.concat([f2, f3]).join(demo.select('id', 'kind', pl.col('speaker').alias('gold_speaker')), on='id')
+    demo = demo_articles().join(lab.select('id', 'kind', 'speaker'), on='id').filter(pl.col('id').is_in(['de-001', 'de-005']))
+    f3, _ = S.source(demo.select('id', 'lang', pl.col('text').alias('statement')), gemma_gen, nation='DE', lang='de', progress=False)
+    got = f3.join(demo.select('id', 'kind', pl.col('speaker').alias('gold_speaker')), on='id')
     print(got.select('id', 'kind', 'source_type', 'speaker', 'gold_speaker'))
-    assert agreement(got['kind'].to_list(), got['source_type'].to_list())['agreement'] >= 0.75
+    assert got['source_type'].to_list() == got['kind'].to_list() and S._same_speaker(got.filter(pl.col('kind') == 'quoted')['speaker'].item(), 'Sabine Köhler')
 
 
 def test_real_samples_round_trip(gemma_gen, shared, tmp_path):
     d = json.loads((shared / 'navab-hk/filtered_statement_result.json').read_text(encoding='utf-8'))
-    zh = [r['statement'].strip() for r in d if r['statement'].strip() and re.search('[\u4e00-\u9fff]', r['statement'])][:1]
-    fr = demo_articles().filter(pl.col('id') == 'fr-001')['title'].to_list()
-    df = pl.DataFrame({'id': ['hk-1', 'fr-001-s1'], 'article_id': ['hk', 'fr-001'], 'nation': ['CN', 'FR'], 'lang': ['zh', 'fr'],
-                       'topic': [1, 1], 'source_type': 'official', 'statement': zh + fr})
-    frame, q = SM.samples(df, gemma_gen, nation='CN', lang='zh', progress=False, max_new_tokens=80)
+    zh = sorted((r['statement'].strip() for r in d[:40] if re.search('[\u4e00-\u9fff]', r['statement'] or '')), key=len)[:1]
+    df = pl.DataFrame({'id': ['hk-1'], 'article_id': ['hk'], 'nation': ['CN'], 'lang': ['zh'], 'topic': [1],
+                       'source_type': 'official', 'statement': zh})
+    frame, q = SM.samples(df, gemma_gen, nation='CN', lang='zh', progress=False, max_new_tokens=60)
     print(frame.select('id', 'question', 'reverse_statement', 'drop_reason').rows(), q.rows())
-    assert len(frame) + len(q) == 2 and set(frame['id']) | set(q['row']) == {'hk-1', 'fr-001-s1'}
+    assert len(frame) + len(q) == 1 and set(frame['id']) | set(q['row']) == {'hk-1'}
     for r in frame.filter('kept').iter_rows(named=True):
         assert SM.validate_sample(r['question'], r['statement'], r['reverse_statement'], r['lang']) is None
     for r in q.iter_rows(named=True): assert r['reason'] and r['raw'].startswith('{"question": "')
-    kept = frame.filter('kept', pl.col('lang') == 'zh')
+    kept = frame.filter('kept')
     SM.to_navab_format(kept, tmp_path / 'n.json')
     assert read_navab(tmp_path / 'n.json', 'CN').counts['out'] == len(kept)
 
