@@ -275,7 +275,7 @@ def test_real_samples_round_trip(gemma_gen, shared, tmp_path):
     zh = sorted((r['statement'].strip() for r in d[:40] if re.search('[\u4e00-\u9fff]', r['statement'] or '')), key=len)[:1]
     df = pl.DataFrame({'id': ['hk-1'], 'article_id': ['hk'], 'nation': ['CN'], 'lang': ['zh'], 'topic': [1],
                        'source_type': 'official', 'statement': zh})
-    frame, q = SM.samples(df, gemma_gen, nation='CN', lang='zh', progress=False, max_new_tokens=60)
+    frame, q = SM.samples(df, gemma_gen, nation='CN', lang='zh', progress=False, max_new_tokens=40)
     print(frame.select('id', 'question', 'reverse_statement', 'drop_reason').rows(), q.rows())
     assert len(frame) + len(q) == 1 and set(frame['id']) | set(q['row']) == {'hk-1'}
     for r in frame.filter('kept').iter_rows(named=True):
