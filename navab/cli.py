@@ -160,8 +160,8 @@ def _funnel(counts: dict) -> str:
     return ' -> '.join(steps) + f" ({q} quarantined)"
 
 def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
-         aj_limit: int | None = None, generator: str | None = None, progress: bool = True) -> Path:
-    "Run the demo: extract samples from the bundled corpus per nation, then the grid (models x nations, MC and AJ): index.html."
+         aj_limit: int | None = None, generator: str | None = None, articles: int | None = 8, progress: bool = True) -> Path:
+    "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html."
     from tqdm.auto import tqdm
     from .extract import extract
     from .grid import run_grid, write_index, HK_FILES
@@ -171,8 +171,8 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
     shared = Path(shared) if shared else repo_root().parent/'shared'/'data'
     for n in tqdm(S.grid['nations'], desc='extract', disable=not progress):
         d = out/'extract'/n
-        counts = extract(corpus/f'{n}.jsonl', n, d, generator=generator, seed=S.seed, progress=progress)
-        notes.append(f"extract {n} (data/demo/corpus/{n}.jsonl -> extract/{n}/): {_funnel(counts)}")
+        counts = extract(corpus/f'{n}.jsonl', n, d, generator=generator, seed=S.seed, progress=progress, limit=articles)
+        notes.append(f"extract {n} (data/demo/corpus/{n}.jsonl, {'first ' + str(articles) if articles else 'all'} articles -> extract/{n}/): {_funnel(counts)}")
         samples[n] = [d/'samples.parquet']
     hk = shared/'navab-hk'
     if hk.is_dir() and 'CN' in samples:
@@ -191,7 +191,8 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
 # %% ../nbs/11_cli.ipynb #971ed33d
 def cmd_demo(a) -> int:
     "navab demo: run the demo and say where the page is (its last line)."
-    p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit, generator=a.generator)
+    p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit, generator=a.generator,
+             articles=a.articles or None)
     print(f"demo report: {p.resolve()}")
     return 0
 
@@ -249,6 +250,7 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument('--out', default='reports'); de.add_argument('--workers', type=int, help='reports in parallel processes')
     de.add_argument('--limit', type=int, help='at most N samples per run'); de.add_argument('--aj-limit', type=int, help='at most N samples per AJ run')
     de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
+    de.add_argument('--articles', type=int, default=8, help='extract from the first N articles of each nation (0: all 40; default 8 keeps the demo near 10 minutes on 2 cores)')
     de.set_defaults(fn=cmd_demo)
     for name in CHAPTER_COMMANDS: _chapter_cli(name, sub)
     return p
