@@ -113,6 +113,7 @@ def test_real_models_on_navab_hk(shared, model, tmp_path):
     assert s['n_samples'] == len(ft) == 6                     # the first 3 valid samples of each file and s['model'] == model and 0 <= s['stable_share'] <= 1
     assert ('chat' in s['skipped']) == (model == 'gemma3-270m')            # SmolLM2 is an instruct model with a chat template
     assert s['n_variations'] == 8 - (model == 'gemma3-270m')
-    assert s['cache']['new_requests']['base'] == 0                         # s_first and rs_first already asked all of it
+    nr = s['cache']['new_requests']                                        # base (first) asks half of s_first and half of rs_first
+    assert nr['base'] == nr['s_first'] + nr['rs_first'] == 12
     vt = pl.read_parquet(out / 'variations.parquet').filter(pl.col('status') == 'ok')
     assert vt['accuracy'].is_between(0, 1).all() and (vt['n'] == 6).all()
