@@ -108,6 +108,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'navab.grid._public': ('grid.html#_public', 'navab/grid.py'),
                             'navab.grid._record': ('grid.html#_record', 'navab/grid.py'),
                             'navab.grid._report': ('grid.html#_report', 'navab/grid.py'),
+                            'navab.grid._robust': ('grid.html#_robust', 'navab/grid.py'),
                             'navab.grid._same': ('grid.html#_same', 'navab/grid.py'),
                             'navab.grid._save': ('grid.html#_save', 'navab/grid.py'),
                             'navab.grid._study_job': ('grid.html#_study_job', 'navab/grid.py'),

@@ -19,15 +19,16 @@ __all__ = ['KINDS', 'CHAPTER_COMMANDS', 'guess_kind', 'check_file', 'cmd_data_ch
            'compare_runs', 'cmd_compare', 'cmd_serve', 'plan', 'cmd_plan', 'demo', 'cmd_demo', 'parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #6e3502a2
-KINDS = ('articles', 'navab', 'opinions')
+KINDS = ('articles', 'navab', 'samples', 'opinions')
 
 def guess_kind(path: str | Path) -> str:
-    "What a data file holds, from the fields of its first record: articles, navab (release format) or opinions."
+    "What a data file holds, from the fields of its first records: articles, navab (release format), samples or opinions."
     f = _files(Path(path))[0] if Path(path).exists() else path
     recs, _ = read_records(f)
     keys = set().union(*(r.keys() for _, r in recs[:20] if isinstance(r, dict))) if recs else set()
     if {'raw_news', 'statement'} <= keys: return 'navab'
     if {'question', 'options', 'distribution'} <= keys: return 'opinions'
+    if {'question', 'statement', 'reverse_statement'} <= keys: return 'samples'
     return 'articles'
 
 # %% ../nbs/11_cli.ipynb #838669e6
@@ -38,6 +39,7 @@ def check_file(path, kind: str = 'auto', nation: str | None = None, mapping: dic
     if kind == 'navab':
         if not nation: raise ValueError(f"{path}: NaVAB release files carry no nation: pass --nation (one of {', '.join(load_settings().nations)})")
         return read_navab(path, nation)
+    if kind == 'samples': return load_samples(path, nation)
     if kind == 'opinions': return read_opinions(path, [nation] if nation else None)
     raise ValueError(f"unknown kind {kind!r}: one of auto, {', '.join(KINDS)}")
 
@@ -83,7 +85,7 @@ def cmd_models(a) -> int:
 
 # %% ../nbs/11_cli.ipynb #48dc718d
 def cmd_evaluate(a) -> int:
-    "navab evaluate: score one model on samples (MC, AJ) or opinion items; write requests, scores, summary to --out."
+    "navab evaluate: score one model on samples (MC, AJ) or opinion items, write requests, scores, summary; exit 1 if rows were quarantined."
     from navab.evaluate import evaluate
     c = read_opinions(a.samples, [a.nation] if a.nation else None) if a.method == 'opinions' else load_samples(a.samples, a.nation)
     print(repr(c))
@@ -96,6 +98,11 @@ def cmd_evaluate(a) -> int:
                  seed=a.seed, judge=a.judge, chat=a.chat, dtype=a.dtype, max_new_tokens=a.max_new_tokens)
     key = 'similarity' if a.method == 'opinions' else 'accuracy'
     print(f"{a.model} {a.method}: n={s['n']} {key}={s[key]:.3f} [95% CI {s['ci_low']:.3f}, {s['ci_high']:.3f}] in {s['wall_s']} s -> {a.out}")
+    if len(c.quarantine):   # the valid rows are scored and stored; the exit code still says the input was not clean
+        r = c.quarantine.sort('row', nulls_last=True).row(0, named=True)
+        print(f"navab: error: {r['file']}:{r['row']}: {r['field'] or '(row)'}: {r['reason']} ({len(c.quarantine)} of {c.n_in} rows "
+              f"quarantined, the {len(c.valid)} valid ones scored; see {Path(a.out)/'quarantine.parquet'})", file=sys.stderr)
+        return 1
     return 0
 
 # %% ../nbs/11_cli.ipynb #e22846c8
@@ -203,7 +210,10 @@ def _chapter_cli(name: str, sub):
     "Let chapter `navab.<name>` add its subcommand through its `add_cli(sub)`, when that chapter exists."
     import importlib, importlib.util
     if importlib.util.find_spec(f'navab.{name}') is None: return
-    mod = importlib.import_module(f'navab.{name}')
+    try: mod = importlib.import_module(f'navab.{name}')
+    except Exception as e:   # one broken chapter must not take every other command down with it
+        def broken(a, e=e): raise RuntimeError(f"navab {name} is unavailable: navab.{name} failed to import ({type(e).__name__}: {e})")
+        sub.add_parser(name, help=f'(unavailable: navab.{name} failed to import)').set_defaults(fn=broken); return
     if hasattr(mod, 'add_cli'): mod.add_cli(sub)
 
 def parser() -> argparse.ArgumentParser:

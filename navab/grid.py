@@ -153,16 +153,31 @@ def run_dir(out, model: str, nation: str, method: str) -> Path:
     return Path(out)/'runs'/safe_name(label(model))/nation/method
 
 # %% ../nbs/10b_grid.ipynb #027d7c0a
+def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int):
+    "Run `navab robustness` for a model on a nation's samples into `mc_dir/robustness` unless done with the same inputs."
+    from navab.robustness import robustness, default_variations
+    d = mc_dir/'robustness'
+    key = run_key(dict(model=_model_stamp(model), nation=nation, method='robustness', limit=limit, seed=seed), [samples_path, default_variations()])
+    if (d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file(): return d
+    data = pl.read_parquet(samples_path)
+    if not len(data): raise ValueError(f"{samples_path}: no samples for {nation}")
+    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=mc_dir/'cache', progress=False)
+    atomic_write(d/'.grid-key', lambda t: t.write_text(key))
+    return d
+
+# %% ../nbs/10b_grid.ipynb #24bbba53
 def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: int | None = None, aj_limit: int | None = None,
-                  seed: int = 0, max_new_tokens: int = 32, opinions=None, batch_size: int = 16) -> dict:
-    "Evaluate a model on a nation's samples with each method (cached): {method: run folder}."
+                  seed: int = 0, max_new_tokens: int = 32, opinions=None, batch_size: int = 16, robust_limit: int | None = None) -> dict:
+    "Evaluate a model on a nation's samples with each method (cached): {method: run folder}; `robustness` goes beside the MC run."
     from navab.evaluate import evaluate
     dirs = {}
     for m in methods:
         d = run_dir(out, model, nation, m)
-        lim = aj_limit if (m == 'aj' and aj_limit) else limit
+        lim = aj_limit if (m == 'aj' and aj_limit) else robust_limit if (m == 'robustness' and robust_limit) else limit
         src = opinions if m == 'opinions' else samples_path
         if m == 'opinions' and not src: continue
+        if m == 'robustness':   # beside the MC run (its report shows it), sharing the MC run's score cache
+            _robust(model, nation, samples_path, run_dir(out, model, nation, 'mc'), lim, seed, batch_size); continue
         key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens), [src])
         if not ((d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file() and (d/'scores.parquet').is_file()):
             if m == 'opinions': data = read_opinions(src, [nation]).valid
@@ -425,7 +440,7 @@ def execute_report(template: str | Path, params: dict, ipynb: str | Path, html_p
     to_html(ipynb, html_path, no_input, title)
     return dict(status=status, error=error, headline=_headline(nbformat.read(ipynb, 4)) if status == 'ok' else '')
 
-# %% ../nbs/10b_grid.ipynb #cf020f33
+# %% ../nbs/10b_grid.ipynb #3d2aa96b
 def _record(out: Path, name: str) -> dict | None:
     "A job's saved record, or None."
     p = out/'.grid'/f'{name}.json'
@@ -457,7 +472,7 @@ def pair_job(job: dict) -> dict:
     base = dict(kind='run', model=label(model), nation=nation)
     try:
         dirs = evaluate_pair(model, nation, job['samples'], job['methods'], out, job.get('limit'), job.get('aj_limit'), job.get('seed', 0),
-                             job.get('max_new_tokens', 32), job.get('opinions'))
+                             job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'))
     except Exception as e:
         msg = f"evaluate: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         return dict(_save(out, dict(base, name=name, status='failed', error=msg, headline='', html='', ipynb='', key='')), skipped=False, runs=[])
@@ -510,11 +525,11 @@ def _study_job(out: Path, runs: list, template: Path, seed: int, settings: Path,
     except Exception as e:
         return dict(_save(out, dict(base, name='study', status='failed', error=f"{type(e).__name__}: {e}"[:300], headline='', html='', ipynb='', key='')), skipped=False)
 
-# %% ../nbs/10b_grid.ipynb #b6732dc5
+# %% ../nbs/10b_grid.ipynb #3f5c3cae
 def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'), out: str | Path = 'reports', workers: int = 1,
              limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
-             reports: str | Path | None = None) -> Path:
+             reports: str | Path | None = None, robust_limit: int | None = None) -> Path:
     "Evaluate and report every model x nation (papermill), then the study report, then `out/index.html`: its path."
     from tqdm.auto import tqdm
     S = load_settings(settings); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
@@ -527,7 +542,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
         p, k, bad = nation_samples(found[n], n, out, S)
         notes.append(f"{n}: {k} samples from {', '.join(str(f) for f in found[n])}" + (f" ({bad} rows quarantined)" if bad else ''))
         if not k: continue
-        jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed,
+        jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
                       max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
                       no_input=no_input, timeout=timeout) for m in models]
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
@@ -548,7 +563,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     atomic_write(out/'grid.json', lambda t: t.write_text(json.dumps(dict(records=recs, notes=notes), indent=1, default=str), encoding='utf-8'))
     return write_index(out, recs, notes, f"navab study: {S.name}")
 
-# %% ../nbs/10b_grid.ipynb #208c1529
+# %% ../nbs/10b_grid.ipynb #a43c5ad9
 def cmd_grid(a) -> int:
     "navab grid: evaluate and report every model x nation, then the study report and index.html; exit 1 if any report failed."
     S = load_settings(a.settings)
@@ -556,7 +571,8 @@ def cmd_grid(a) -> int:
     t0 = time.time()
     idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or S.grid['nations'], parse_samples(a.samples),
                    split(a.methods) or S.grid['methods'], a.out, a.workers or S.grid['workers'], a.limit, a.seed if a.seed is not None else S.seed,
-                   not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout)
+                   not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout,
+                   robust_limit=a.robustness_limit)
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
         print(f"  {r['name']:<32} {r['status']:<7} {'(skipped) ' if r.get('skipped') else ''}{r.get('headline') if r['status'] == 'ok' else r.get('error')}")
@@ -571,10 +587,11 @@ def add_cli(sub):
     p.add_argument('--models', help='comma-separated models (default: settings [grid] models)')
     p.add_argument('--nations', help='comma-separated nation codes (default: settings [grid] nations)')
     p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation) or folders holding <NATION>/samples.parquet')
-    p.add_argument('--methods', help='comma-separated: mc, aj, opinions (default: settings [grid] methods)')
+    p.add_argument('--methods', help='comma-separated: mc, aj, opinions, robustness (default: settings [grid] methods)')
     p.add_argument('--opinions', help='GlobalOpinionQA file for the opinions method')
     p.add_argument('--workers', type=int, help='reports run in this many processes (default: settings [grid] workers)')
     p.add_argument('--limit', type=int, help='at most N samples per run'); p.add_argument('--aj-limit', type=int, help='at most N samples per AJ run')
+    p.add_argument('--robustness-limit', type=int, help='at most N samples per robustness run')
     p.add_argument('--max-new-tokens', type=int, default=32, help='AJ answer length cap')
     p.add_argument('--seed', type=int); p.add_argument('--settings')
     p.add_argument('--show-input', action='store_true', help='keep the code cells in the HTML (default: --no-input)')

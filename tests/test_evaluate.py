@@ -77,7 +77,9 @@ def test_real_models_on_navab_hk(shared, model, tmp_path):
         cmd = [NAVAB, 'evaluate', '--samples', str(shared / 'navab-hk' / name), '--nation', 'CN', '--model', model,
                '--method', method, '--max-new-tokens', '24', '--out', str(out)] + (['--limit', str(limit)] if limit else [])
         r = subprocess.run(cmd, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-2000:]
+        quarantined = name.startswith('official')     # one English statement in the Chinese file: scored without it, exit 1
+        assert r.returncode == (1 if quarantined else 0) and 'Traceback' not in r.stderr, r.stderr[-2000:]
+        if quarantined: assert '1 of 40 rows quarantined' in r.stderr.strip().splitlines()[-1], r.stderr[-500:]
         s = json.loads((out / 'summary.json').read_text())
         sc = pl.read_parquet(out / 'scores.parquet')
         assert s['n'] == len(sc) == (limit or {'human': 35, 'offic': 39}[name[:5]])

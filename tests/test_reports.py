@@ -33,12 +33,12 @@ def study(tmp_path_factory):
     ini = ini.replace('templates = data/templates.json', f'templates = {ROOT/"data"/"templates.json"}')
     (d/'settings.ini').write_text(ini, encoding='utf-8')
     samples = _samples(d/'fr.parquet')
-    kw = dict(models=models, nations=['FR'], samples={'FR': [samples]}, methods=['mc', 'aj'], workers=1, seed=0, max_new_tokens=6,
+    kw = dict(models=models, nations=['FR'], samples={'FR': [samples]}, methods=['mc', 'aj', 'robustness'], workers=1, seed=0, max_new_tokens=6,
               progress=False, settings=d/'settings.ini')
     t = time.time()
     idx = run_grid(out=d/'reports', **kw)
     return dict(dir=d, kw=kw, index=idx, first_s=time.time() - t, cmd=['--models', ','.join(models), '--nations', 'FR', '--samples', f'FR={samples}',
-                '--methods', 'mc,aj', '--seed', '0', '--max-new-tokens', '6', '--settings', str(d/'settings.ini'), '--no-progress'])
+                '--methods', 'mc,aj,robustness', '--seed', '0', '--max-new-tokens', '6', '--settings', str(d/'settings.ini'), '--no-progress'])
 
 
 def _records(out: Path) -> dict:
@@ -53,6 +53,8 @@ def test_grid_runs_and_rerun_skips(study):
     page = study['index'].read_text(encoding='utf-8')
     for name in recs: assert f'href="{name}.html"' in page and f'href="{name}.ipynb"' in page
     assert 'MC ' in recs['run-tiny-a-FR']['headline'] and '(n=6)' in recs['run-tiny-a-FR']['headline']
+    run_html = (out/'run-tiny-a-FR.html').read_text(encoding='utf-8')
+    assert 'Robustness: ' in run_html and 'labels_12' in run_html, 'the robustness section (variations table) is in the run report'
     for name in recs:   # each executed notebook kept beside its HTML
         assert (out/f'{name}.html').stat().st_size > 10_000 and (out/f'{name}.ipynb').is_file()
     study_html = (out/'study.html').read_text(encoding='utf-8')
