@@ -10,8 +10,8 @@ import polars as pl
 from .llm import Generator, ask_json, delimit, option_probs
 
 # %% auto #0
-__all__ = ['EXTRACT_PROMPT', 'STATEMENT_COLS', 'QUARANTINE_COLS', 'DIMENSIONS', 'SCREEN_PROMPT', 'SCREEN_COLS', 'extract_prompt',
-           'extract_statements', 'screen_prompt', 'screen']
+__all__ = ['EXTRACT_PROMPT', 'STATEMENT_COLS', 'QUARANTINE_COLS', 'DIMENSIONS', 'SCREEN_PROMPT', 'CONTENT_FREE', 'SCREEN_COLS',
+           'extract_prompt', 'extract_statements', 'screen_prompt', 'screen']
 
 # %% ../nbs/08a_statements.ipynb #686d628d
 EXTRACT_PROMPT = {
@@ -137,12 +137,19 @@ def _reason_prompt(statement: str, lang: str, answer: str) -> str:
     return f"{ex}{P['s']}: {delimit(statement, 'statement')}\n{P['q']}\n{P['a']}:{sep}{answer}\n{P['r']}:"
 
 # %% ../nbs/08a_statements.ipynb #5b2e3eed
-SCREEN_COLS = {'screen_p_yes': pl.Float64, 'screen_answer': pl.String, 'dimension': pl.String, 'dimension_p': pl.Float64,
+CONTENT_FREE = ('N/A', '')  # inputs without content: the judge's yes-bias on them is what calibration removes
+
+def _calibrated(p: float, p0: float) -> float:
+    "P(yes) corrected for the judge's prior P(yes) = `p0` on content-free input (Zhao et al. 2021, contextual calibration)."
+    a, b = p / max(p0, 1e-9), (1 - p) / max(1 - p0, 1e-9)
+    return a / (a + b)
+
+SCREEN_COLS = {'screen_p_yes': pl.Float64, 'screen_p_yes_raw': pl.Float64, 'screen_p0': pl.Float64, 'screen_answer': pl.String, 'dimension': pl.String, 'dimension_p': pl.Float64,
                'reason': pl.String, 'screen_threshold': pl.Float64}
 
 def screen(statements_df: pl.DataFrame, gen: Generator, *, nation: str, lang: str, seed: int = 0, progress: bool = True,
-           threshold: float = 0.5, reasons: bool = True, max_reason_tokens: int = 32) -> tuple:
-    "(frame, quarantine): every statement with screen_p_yes, screen_answer, dimension, reason, and kept = p_yes >= threshold."
+           threshold: float = 0.5, reasons: bool = True, max_reason_tokens: int = 32, calibrate: bool = False) -> tuple:
+    "(frame, quarantine): every statement with screen_p_yes (calibrated when asked), dimension, reason; kept = p_yes >= threshold."
     if not 0 <= threshold <= 1: raise ValueError(f"screen: threshold must be in [0, 1], got {threshold}")
     P = SCREEN_PROMPT.get(lang) or screen_prompt('', lang)
     df = statements_df.drop([c for c in ('kept', *SCREEN_COLS) if c in statements_df.columns])
@@ -152,7 +159,10 @@ def screen(statements_df: pl.DataFrame, gen: Generator, *, nation: str, lang: st
                       'raw': bad['statement'].cast(pl.String)}, schema=QUARANTINE_COLS)
     st = df['statement'].to_list()
     yn = gen.choose([screen_prompt(s, lang) for s in st], [[P['yes'], P['no']]] * len(st), progress=progress)
-    p_yes = [option_probs(lp)[0] for lp in yn]
+    raw = [option_probs(lp)[0] for lp in yn]
+    p0 = (sum(option_probs(lp)[0] for lp in gen.choose([screen_prompt(x, lang) for x in CONTENT_FREE], [[P['yes'], P['no']]] * len(CONTENT_FREE),
+                                                       progress=False)) / len(CONTENT_FREE)) if calibrate and st else None
+    p_yes = [_calibrated(p, p0) for p in raw] if p0 is not None else raw
     dims = [(' ' if lang != 'zh' else '') + d for d in P['dims']]
     dl = gen.choose([_dimension_prompt(s, lang) for s in st], [dims] * len(st), progress=progress)
     norm = [[x / max(1, len(d.strip().encode())) for x, d in zip(lp, dims)] for lp in dl]   # per byte, like acc_norm
@@ -161,7 +171,8 @@ def screen(statements_df: pl.DataFrame, gen: Generator, *, nation: str, lang: st
     said = [P['yes' if a == 'yes' else 'no'].strip() for a in answer]
     why = gen.complete([_reason_prompt(s, lang, a) for s, a in zip(st, said)], max_new_tokens=max_reason_tokens, stop='\n',
                        seed=seed, progress=progress) if reasons and st else [None] * len(st)
-    frame = df.with_columns(pl.Series('screen_p_yes', p_yes, pl.Float64), pl.Series('screen_answer', answer, pl.String),
+    frame = df.with_columns(pl.Series('screen_p_yes', p_yes, pl.Float64), pl.Series('screen_p_yes_raw', raw, pl.Float64),
+                            pl.lit(p0, pl.Float64).alias('screen_p0'), pl.Series('screen_answer', answer, pl.String),
                             pl.Series('dimension', [DIMENSIONS[b] for b in best], pl.String),
                             pl.Series('dimension_p', [option_probs(lp)[b] for lp, b in zip(dl, best)], pl.Float64),
                             pl.Series('reason', why, pl.String), pl.lit(float(threshold)).alias('screen_threshold'),
