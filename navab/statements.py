@@ -148,9 +148,11 @@ SCREEN_COLS = {'screen_p_yes': pl.Float64, 'screen_p_yes_raw': pl.Float64, 'scre
                'reason': pl.String, 'screen_threshold': pl.Float64}
 
 def screen(statements_df: pl.DataFrame, gen: Generator, *, nation: str, lang: str, seed: int = 0, progress: bool = True,
-           threshold: float = 0.5, reasons: bool = True, max_reason_tokens: int = 32, calibrate: bool = False) -> tuple:
+           threshold: float = 0.5, reasons: bool = True, max_reason_tokens: int = 32, calibrate: bool = False,
+           keep_share: float | None = None) -> tuple:
     "(frame, quarantine): every statement with screen_p_yes (calibrated when asked), dimension, reason; kept = p_yes >= threshold."
     if not 0 <= threshold <= 1: raise ValueError(f"screen: threshold must be in [0, 1], got {threshold}")
+    if keep_share is not None and not 0 < keep_share <= 1: raise ValueError(f"screen: keep_share must be in (0, 1], got {keep_share}")
     P = SCREEN_PROMPT.get(lang) or screen_prompt('', lang)
     df = statements_df.drop([c for c in ('kept', *SCREEN_COLS) if c in statements_df.columns])
     ok = df['statement'].map_elements(lambda s: isinstance(s, str) and bool(s.strip()), return_dtype=pl.Boolean) if len(df) else pl.Series([], dtype=pl.Boolean)
@@ -167,6 +169,8 @@ def screen(statements_df: pl.DataFrame, gen: Generator, *, nation: str, lang: st
     dl = gen.choose([_dimension_prompt(s, lang) for s in st], [dims] * len(st), progress=progress)
     norm = [[x / max(1, len(d.strip().encode())) for x, d in zip(lp, dims)] for lp in dl]   # per byte, like acc_norm
     best = [max(range(len(dims)), key=lambda k: n[k]) for n in norm]
+    if keep_share is not None and p_yes:   # a relative rule as well: the top `keep_share` of this run always passes
+        threshold = min(threshold, sorted(p_yes, reverse=True)[max(0, math.ceil(keep_share * len(p_yes)) - 1)])
     answer = ['yes' if p >= 0.5 else 'no' for p in p_yes]
     said = [P['yes' if a == 'yes' else 'no'].strip() for a in answer]
     why = gen.complete([_reason_prompt(s, lang, a) for s, a in zip(st, said)], max_new_tokens=max_reason_tokens, stop='\n',
