@@ -167,7 +167,7 @@ def _funnel(counts: dict) -> str:
     return ' -> '.join(steps) + f" ({q} quarantined)"
 
 def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
-         aj_limit: int | None = None, generator: str | None = None, articles: int | None = 8, progress: bool = True) -> Path:
+         aj_limit: int | None = 16, generator: str | None = None, articles: int | None = 8, progress: bool = True) -> Path:
     "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html."
     from tqdm.auto import tqdm
     from .extract import extract
@@ -198,7 +198,7 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
 # %% ../nbs/11_cli.ipynb #971ed33d
 def cmd_demo(a) -> int:
     "navab demo: run the demo and say where the page is (its last line)."
-    p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit, generator=a.generator,
+    p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit or None, generator=a.generator,
              articles=a.articles or None)
     print(f"demo report: {p.resolve()}")
     return 0
@@ -258,7 +258,7 @@ def parser() -> argparse.ArgumentParser:
     pl_.set_defaults(fn=cmd_plan)
     de = sub.add_parser('demo', help='run the demo on the embedded defaults and write reports/index.html')
     de.add_argument('--out', default='reports'); de.add_argument('--workers', type=int, help='reports in parallel processes')
-    de.add_argument('--limit', type=int, help='at most N samples per run'); de.add_argument('--aj-limit', type=int, help='at most N samples per AJ run')
+    de.add_argument('--limit', type=int, help='at most N samples per run'); de.add_argument('--aj-limit', type=int, default=16, help='at most N samples per AJ run (default 16; 0: all)')
     de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
     de.add_argument('--articles', type=int, default=8, help='extract from the first N articles of each nation (0: all 40; default 8 keeps the demo near 10 minutes on 2 cores)')
     de.set_defaults(fn=cmd_demo)
