@@ -46,7 +46,7 @@ def check_file(path, kind: str = 'auto', nation: str | None = None, mapping: dic
 # %% ../nbs/11_cli.ipynb #c55b6e7a
 def _problems(c, n=10) -> str:
     "The first `n` problems of a check as lines `file:row: field: reason`."
-    q = c.quarantine.head(n)
+    q = c.quarantine.sort('row', nulls_last=True, maintain_order=True).head(n)   # in file order
     return '\n'.join(f"  {r['file']}:{r['row']}: {r['field'] or '(row)'}: {r['reason']}" for r in q.iter_rows(named=True))
 
 # %% ../nbs/11_cli.ipynb #ae0bf38f
