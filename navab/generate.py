@@ -11,7 +11,7 @@ import polars as pl
 from .schema import atomic_write
 
 # %% auto #0
-__all__ = ['GEN_VERSION', 'generation_key', 'generate']
+__all__ = ['GEN_VERSION', 'SHARE_MIN', 'generation_key', 'lang_vocab', 'generate']
 
 # %% ../nbs/04b_generate.ipynb #e24efdae
 GEN_VERSION = 'navab-generate-1'  # bump when the convention changes: cached outputs are then regenerated
@@ -41,32 +41,112 @@ def _cut(text: str, stop: str | None) -> str:
     if stop and stop in t: t = t[:t.index(stop)]
     return t.strip()
 
+# %% ../nbs/04b_generate.ipynb #0a453ddd
+_SCRIPT = {
+    'en': r"A-Za-z",
+    'fr': r"A-Za-zÀÂÆÇÉÈÊËÎÏÔŒÙÛÜŸàâæçéèêëîïôœùûüÿ",
+    'de': r"A-Za-zÄÖÜäöüß",
+    'zh': r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef",
+}
+_COMMON = r"\s0-9.,;:!?'\"()\[\]{}\-–—«»„“”‘’/%&*+=<>@#€$§…·_"
+_VOCABS: dict = {}
+
+def lang_vocab(tok, lang: str) -> list:
+    "Sorted token ids an answer in `lang` may use: its script, digits, punctuation and whitespace, special tokens, and (zh) byte pieces and short Latin abbreviations."
+    import re
+    if lang not in _SCRIPT: raise ValueError(f"no vocabulary for language {lang!r} (have {', '.join(_SCRIPT)})")
+    key = (getattr(tok, 'name_or_path', ''), len(tok), lang)
+    if key in _VOCABS: return _VOCABS[key]
+    ok = re.compile(f"^[{_COMMON}{_SCRIPT[lang]}]*$")
+    abbr = re.compile(r"^\s?[A-Z0-9]{1,5}$|^\s?[A-Za-z]$")
+    texts = tok.batch_decode([[i] for i in range(len(tok))])
+    special = set(tok.all_special_ids)
+    keep = [i for i, t in enumerate(texts) if i in special or (t and ok.match(t)) or
+            (lang == 'zh' and ('\ufffd' in t or abbr.match(t)))]   # zh: partial UTF-8 byte pieces build rare characters
+    _VOCABS[key] = keep
+    return keep
+
+# %% ../nbs/04b_generate.ipynb #f80662d8
+SHARE_MIN = 16  # prompts of a batch sharing at least this many leading tokens run that prefix once
+
+def _shared_len(ids: list) -> int:
+    "Length of the token prefix all of `ids` share, leaving each at least one token of its own."
+    n, k = min(map(len, ids)) - 1, 0
+    while k < n and all(s[k] == ids[0][k] for s in ids[1:]): k += 1
+    return k
+
+def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, vocab=None, halt=(), share: bool = True) -> list:
+    "Greedy continuations (token ids) of the token lists `ids`: shared prefix run once, head over `vocab` only, halted at `halt` strings."
+    import torch
+    base, head = model.base_model, model.get_output_embeddings()
+    W, bias = head.weight, getattr(head, 'bias', None)
+    sub = torch.tensor(vocab, device=W.device) if vocab is not None else None
+    if sub is not None: W, bias = W[sub], (bias[sub] if bias is not None else None)
+    P = _shared_len(ids) if share and len(ids) > 1 else 0
+    P = P if P >= SHARE_MIN else 0
+    L = max(map(len, ids)) - P
+    x = torch.tensor([s[:P] + [pad] * (L - len(s) + P) + s[P:] for s in ids], device=W.device)   # padding after the shared prefix
+    att = torch.tensor([[1] * P + [0] * (L - len(s) + P) + [1] * (len(s) - P) for s in ids], device=W.device)
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    from transformers import DynamicCache
+    cache = DynamicCache(config=model.config)
+    if P:
+        base(input_ids=x[:1, :P], attention_mask=att[:1, :P], position_ids=pos[:1, :P], past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(ids))
+    h = base(input_ids=x[:, P:], attention_mask=att, position_ids=pos[:, P:], past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+    B, outs = len(ids), [[] for _ in ids]
+    done = torch.zeros(B, dtype=torch.bool, device=W.device)
+    ends = torch.tensor(list(eos) or [-1], device=W.device)
+    last = pos[:, -1]
+    for step in range(max_new_tokens):
+        logits = h @ W.T if bias is None else h @ W.T + bias
+        nxt = logits.argmax(-1)
+        nxt = sub[nxt] if sub is not None else nxt
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        for r in (~done).nonzero().flatten().tolist():
+            outs[r].append(int(nxt[r]))
+            if halt and any(s in tok.decode(outs[r]) for s in halt): done[r] = True
+        done |= torch.isin(nxt, ends)
+        if bool(done.all()) or step == max_new_tokens - 1: break
+        att = torch.cat([att, torch.ones(B, 1, dtype=att.dtype, device=att.device)], 1); last = last + 1
+        h = base(input_ids=nxt[:, None], attention_mask=att, position_ids=last[:, None], past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+    return outs
+
 # %% ../nbs/04b_generate.ipynb #0619faf8
 def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, temperature: float = 0.0, seed: int = 0,
-             chat: bool = False, stop: str | None = '\n', batch_size: int = 8, progress: bool = True) -> list:
-    "Generate one completion per prompt (greedy unless `temperature` > 0, seeded), cached by model, prompt and parameters."
+             chat: bool = False, stop: str | None = '\n', batch_size: int = 8, progress: bool = True, stops: list | None = None,
+             lang: str | None = None, share_prefix: bool = True) -> list:
+    "Generate one completion per prompt (greedy unless `temperature` > 0, seeded; halted at `stops`, held to `lang`'s script), cached."
     import torch
     from tqdm.auto import tqdm
     prompts = list(prompts)
+    if temperature > 0 and (stops or lang): raise ValueError("generate: stops and lang apply to greedy decoding (temperature 0)")
     params = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, chat=chat, stop=stop)
+    if stops: params['stops'] = sorted(stops)
+    if lang: params['lang'] = lang
     keys = [generation_key(info, p, params) for p in prompts]
     done = _read_cache(run_dir)
     todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in done}.values())
+    if not todo: return [done[k] for k in keys]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = [t for t in {tok.eos_token_id, *(tok.convert_tokens_to_ids(x) for x in ('<|im_end|>', '<end_of_turn>') if x in tok.get_vocab())} if t is not None]
+    vocab = lang_vocab(tok, lang) if lang else None
+    ids_of = {i: _prompt_ids(tok, prompts[i], chat, info.start_token_id) for i in todo}
+    todo = sorted(todo, key=lambda i: len(ids_of[i]))             # similar lengths batch together
     with tqdm(total=len(todo), desc=f"generate {info.name}", unit='answer', disable=not progress) as bar:
         for b in range(0, len(todo), batch_size):
             idx = todo[b:b + batch_size]
-            ids = [_prompt_ids(tok, prompts[i], chat, info.start_token_id) for i in idx]
-            L = max(map(len, ids))
-            x = torch.tensor([[pad] * (L - len(s)) + s for s in ids], device=model.device)     # left padding
-            att = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in ids], device=model.device)
+            ids = [ids_of[i] for i in idx]
             torch.manual_seed(seed)
             with torch.inference_mode():
-                out = model.generate(input_ids=x, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                     temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-                                     pad_token_id=pad, eos_token_id=eos or None)
-            texts = [_cut(tok.decode(o[L:], skip_special_tokens=True), stop) for o in out]
+                if temperature > 0:
+                    L = max(map(len, ids))
+                    x = torch.tensor([[pad] * (L - len(s)) + s for s in ids], device=model.device)     # left padding
+                    att = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in ids], device=model.device)
+                    gen = [o[L:].tolist() for o in model.generate(input_ids=x, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=True,
+                                                                   temperature=temperature, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos or None)]
+                else: gen = _greedy(model, tok, ids, pad, eos, max_new_tokens, vocab, tuple(stops or ()), share_prefix)
+            texts = [_cut(tok.decode(o, skip_special_tokens=True), stop) for o in gen]
             new = pl.DataFrame({'key': [keys[i] for i in idx], 'text': texts, 'prompt': [prompts[i] for i in idx],
                                 'model_hash': info.hash, 'params': json.dumps(params)})
             if run_dir: atomic_write(Path(run_dir)/f"gen-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet", lambda t: new.write_parquet(t))

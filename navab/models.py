@@ -12,8 +12,9 @@ import polars as pl
 from .settings import cache_dir, safe_name, inside, load_settings
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'DTYPES', 'SENTENCES', 'ModelRef', 'resolve', 'gguf_path', 'sha256_file', 'convert_embedded', 'is_cached',
-           'start_token', 'ModelInfo', 'load_model', 'make_tiny_model', 'sentence_logprob', 'model_table', 'model_rows']
+__all__ = ['EMBEDDED', 'DTYPES', 'MAX_LOADED', 'SENTENCES', 'ModelRef', 'resolve', 'gguf_path', 'sha256_file', 'convert_embedded',
+           'is_cached', 'start_token', 'ModelInfo', 'load_model', 'make_tiny_model', 'sentence_logprob', 'model_table',
+           'model_rows']
 
 # %% ../nbs/03_models.ipynb #dc629e36
 EMBEDDED = {
@@ -135,14 +136,29 @@ class ModelInfo:
 
 # %% ../nbs/03_models.ipynb #8a9ddf0d
 DTYPES = ('float32', 'bfloat16', 'float16')
+_LOADED: dict = {}   # (name, path, files' sizes and mtimes, dtype, device, trust) -> (model, tok, info): the last MAX_LOADED loads
+MAX_LOADED = 2
+
+def _files_stamp(path: str) -> tuple:
+    "Sizes and modification times of a model folder's files (a changed file is a different model)."
+    p = Path(path)
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir()) if f.is_file()) if p.is_dir() else ()
 
 def load_model(name: str, dtype: str = 'float32', device: str = 'cpu', trust_remote_code: bool = False):
     "Load `(model, tokenizer, ModelInfo)` for any model name, offline for embedded models; `trust_remote_code` stays off unless asked."
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     if dtype not in DTYPES: raise ValueError(f"dtype {dtype!r}: one of {', '.join(DTYPES)}")
     ref = resolve(name)
     path = str(convert_embedded(name)) if ref.kind == 'embedded' else ref.path
+    key = (name, path, _files_stamp(path), dtype, device, trust_remote_code)
+    if key in _LOADED: _LOADED[key] = _LOADED.pop(key); return _LOADED[key]      # reused within a process (a grid loads each model once)
+    while len(_LOADED) >= MAX_LOADED: _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = _load_model(name, ref, path, dtype, device, trust_remote_code)
+    return _LOADED[key]
+
+def _load_model(name, ref, path, dtype, device, trust_remote_code):
+    "Load a model and its tokenizer from `path` (what load_model caches)."
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).to(device).eval()
