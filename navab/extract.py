@@ -194,7 +194,7 @@ class EchoGenerator(Generator):
             s = first.rstrip('.。!！?？')
             return f'{q.format(s)}", "reverse_statement": "{rs.format(s)}"}}'
         return first[:20]
-    def complete(self, prompts, *, max_new_tokens=64, stop='\n', seed=0, prefix='', progress=True, stops=None):
+    def complete(self, prompts, *, max_new_tokens=64, stop='\n', seed=0, prefix='', progress=True, stops=None, lang=None):
         return [self._answer(p + prefix) for p in prompts]
     def choose(self, prompts, options, progress=True): return [[-1.0] * len(o) for o in options]
 

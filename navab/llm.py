@@ -22,8 +22,8 @@ class Generator:
     name: str = ''
     hash: str = ''
     def complete(self, prompts: list, *, max_new_tokens: int = 64, stop: str | None = '\n', seed: int = 0,
-                 prefix: str = '', progress: bool = True, stops: list | None = None) -> list:
-        "Greedy (seeded) continuations of `prompt + prefix`, cut at `stop` (and halted, not cut, at `stops` where the backend can); cached."
+                 prefix: str = '', progress: bool = True, stops: list | None = None, lang: str | None = None) -> list:
+        "Greedy (seeded) continuations of `prompt + prefix`, cut at `stop` (halted, not cut, at `stops`, and held to `lang`'s script, where the backend can); cached."
         raise NotImplementedError
     def choose(self, prompts: list, options: list, progress: bool = True) -> list:
         "For each prompt, the log-probability of each of its option continuations."
@@ -36,13 +36,6 @@ def option_probs(logps: list) -> list:
     m = max(logps)
     e = [math.exp(x - m) for x in logps]
     return [x / sum(e) for x in e]
-
-# %% ../nbs/08_llm.ipynb #5af5560d
-class _Halting:
-    "A model whose `generate` also stops each sequence at any of `stops` (the rest of the model is passed through)."
-    def __init__(self, model, tok, stops): self._model, self._tok, self._stops = model, tok, list(stops)
-    def __getattr__(self, k): return getattr(self._model, k)
-    def generate(self, **kw): return self._model.generate(**kw, stop_strings=self._stops, tokenizer=self._tok)
 
 # %% ../nbs/08_llm.ipynb #d163e614
 class LocalGenerator(Generator):
@@ -63,15 +56,13 @@ class LocalGenerator(Generator):
     @property
     def hash(self): return f"{self.info.hash}|{self.dtype}"
 
-    def complete(self, prompts, *, max_new_tokens=64, stop='\n', seed=0, prefix='', progress=True, stops=None):
-        from dataclasses import replace
+    def complete(self, prompts, *, max_new_tokens=64, stop='\n', seed=0, prefix='', progress=True, stops=None, lang=None):
         from navab.generate import generate
         m, tok, info = self._load()
-        halt = sorted({*(stops or []), *([stop] if stop else [])})
-        if halt:  # end each answer as soon as it ends with a stop string (transformers' stop_strings); part of the cache key
-            m, info = _Halting(m, tok, halt), replace(info, hash=f"{info.hash}|halt={json.dumps(halt)}")
+        halt = sorted({*(stops or []), *([stop] if stop else [])})   # end each answer as soon as it holds a stop string
         return generate([p + prefix for p in prompts], m, tok, info, run_dir=self.run_dir, max_new_tokens=max_new_tokens,
-                        temperature=0.0, seed=seed, stop=stop, batch_size=self.batch_size, progress=progress)
+                        temperature=0.0, seed=seed, stop=stop, stops=halt or None, lang=lang, batch_size=self.batch_size,
+                        progress=progress)
 
     def choose(self, prompts, options, progress=True):
         from navab.score import score
@@ -110,8 +101,8 @@ class HttpGenerator(Generator):
         self.choose_mode = None   # 'logprobs' or 'match', found on first use
         if run_dir: Path(run_dir).mkdir(parents=True, exist_ok=True)
 
-    def complete(self, prompts, *, max_new_tokens=64, stop='\n', seed=0, prefix='', progress=True, stops=None):
-        from navab.serve import generate_http
+    def complete(self, prompts, *, max_new_tokens=64, stop='\n', seed=0, prefix='', progress=True, stops=None, lang=None):
+        from navab.serve import generate_http   # a server decodes over its whole vocabulary: `lang` is not applied
         return generate_http([p + prefix for p in prompts], self.url, self.model, run_dir=self.run_dir, max_new_tokens=max_new_tokens,
                              temperature=0.0, seed=seed, stop=stop, batch_size=self.batch_size, retries=self.retries,
                              backoff=self.backoff, timeout=self.timeout, api_key=self.api_key, progress=progress)
@@ -263,7 +254,8 @@ def ask_json(gen: Generator, prompts: list, fields: list, *, lang: str | None = 
     "Ask for JSON with string `fields` (prefilled, parsed strictly, language-checked); retry failures once with `retry_prompts`."
     prefix, end = '{"%s": "' % fields[0], '"}'
     def attempt(ps, s):
-        raws = gen.complete(ps, max_new_tokens=max_new_tokens, stop=None, seed=s, prefix=prefix, progress=progress, stops=[end, '\n'])
+        raws = gen.complete(ps, max_new_tokens=max_new_tokens, stop=None, seed=s, prefix=prefix, progress=progress, stops=[end, '\n'],
+                            lang=lang if len(fields) == 1 else None)   # a second field's JSON key is not in the language's script
         res = []
         for raw in raws:
             d, why = parse_json(raw, fields, prefix)

@@ -118,29 +118,6 @@ def _snapshot(out: Path) -> dict:
     return snap
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
-    with _server() as s:
-        gen = f"{s.url}/v1#echo"
-        a = tmp_path / 'A'
-        counts = extract(FR, 'FR', a, generator=gen, limit=6, progress=False)               # uninterrupted (6 < topics.MIN_DOCS: no BERTopic fit)
-        for st, c in counts.items(): assert c['balanced'], (st, c)
-        assert counts['samples']['out'] > 0 and json.loads((a / 'counts.json').read_text()) == counts
-        b = tmp_path / 'B'
-        cmd = [NAVAB, 'extract', '--corpus', str(FR), '--nation', 'FR', '--out', str(b), '--generator', gen, '--limit', '6', '--quiet']
-        for mark in ('statements.parquet', 'source.parquet'):                               # kill -9 at two points
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            t0 = time.time()
-            while not (b / mark).exists() and p.poll() is None and time.time() - t0 < 120: time.sleep(0.01)
-            p.send_signal(signal.SIGKILL); p.wait()
-            assert (b / mark).exists()
-        assert not (b / 'dpo_pairs.jsonl').exists()                                         # it was killed before the end
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-        assert _snapshot(b) == _snapshot(a)
-        q = pl.read_parquet(b / 'quarantine.parquet')
-        assert q.columns == ['row', 'stage', 'reason', 'raw'] and set(q['stage']) <= {'load', *STAGES}
-
-
 def test_runner_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown stage 'translate'"):
         extract(FR, 'FR', tmp_path, generator=EchoGenerator('fr'), stages='translate')

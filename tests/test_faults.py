@@ -42,13 +42,14 @@ def _kill_in_write(args, target, at):
 
 
 def _kill_when(args, ready, timeout=120):
-    "Start navab `args`, SIGKILL it as soon as `ready()` holds (or at once when `ready` is a delay in seconds)."
-    p = subprocess.Popen([NAVAB, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    "Start navab `args`, SIGKILL it (and its children) as soon as `ready()` holds (or after `ready` seconds); it must not have ended first."
+    p = subprocess.Popen([NAVAB, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     t0 = time.time()
     if isinstance(ready, (int, float)): time.sleep(ready)
     else:
         while not ready() and time.time() - t0 < timeout and p.poll() is None: time.sleep(0.02)
-    p.send_signal(signal.SIGKILL); p.wait()
+    assert p.poll() is None, f"navab {args[0]} ended (exit {p.returncode}) before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL); p.wait()
 
 
 def _parts(d):
@@ -112,6 +113,60 @@ def test_robustness_killed_and_resumed(tiny_model, tmp_path):
     drop = ('wall_s', 'cache')
     assert {k: x for k, x in sa.items() if k not in drop} == {k: x for k, x in sb.items() if k not in drop}
     assert sb['cache']['n_computed'] < sa['cache']['n_computed']         # the restart reused what the killed runs stored
+    _readable(out)
+
+
+def test_extract_killed_at_several_points(tmp_path):
+    "navab extract (scripted OpenAI-compatible server) killed early, in a generation-cache write, mid-stage, in a stage write and at the end."
+    from test_extract import _server, _snapshot, FR
+    from navab.extract import extract
+    with _server() as s:
+        gen = f"{s.url}/v1#echo"
+        a = tmp_path / 'A'
+        counts = extract(FR, 'FR', a, generator=gen, limit=6, progress=False)                # uninterrupted
+        assert counts['samples']['out'] > 0 and all(c['balanced'] for c in counts.values()), counts
+        b = tmp_path / 'B'
+        args = ['extract', '--corpus', str(FR), '--nation', 'FR', '--out', str(b), '--generator', gen, '--limit', '6', '--quiet']
+        gens = lambda: list((b / 'cache').glob('gen-*.parquet'))
+        _kill_when(args, 0.5)                                                # early: importing, loading the corpus
+        _kill_in_write(args, 'gen-', 2)                                      # in the middle of writing the 2nd batch of generations
+        assert list((b / 'cache').glob('.gen-*.tmp')), "the fault should leave a half-written temporary file"
+        _kill_in_write(args, str(b / 'source.parquet'), 1)                   # while writing a stage's frame
+        assert (b / 'conflict.parquet').exists() and not (b / 'source.parquet').exists()
+        _kill_in_write(args, 'dpo_pairs.jsonl', 1)                           # while writing the last output
+        assert not (b / 'dpo_pairs.jsonl').exists()
+        r = subprocess.run([NAVAB, *args], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert _snapshot(b) == _snapshot(a)
+        gen_rows = pl.concat([pl.read_parquet(f) for f in gens()])
+        assert len(gen_rows) == gen_rows['key'].n_unique()                  # no generation stored twice
+        _readable(b)
+
+
+def test_grid_killed_at_several_points(study, tmp_path):
+    "navab grid killed early, in an evaluation's cache write, in a scores write and while papermill writes a report; the rerun gives the uninterrupted grid's index and tables."
+    import nbformat
+    out = tmp_path / 'reports'
+    shutil.copytree(study['dir'] / 'reports', out)                           # tiny-a done; tiny-b to evaluate and report again
+    shutil.rmtree(out / 'runs' / 'tiny-b')
+    for f in ('run-tiny-b-FR.html', 'run-tiny-b-FR.ipynb', '.grid/run-tiny-b-FR.json', 'study.html', 'study.ipynb', '.grid/study.json', 'index.html', 'grid.json'):
+        (out / f).unlink(missing_ok=True)
+    args = ['grid', '--out', str(out), *study['cmd']]
+    _kill_when(args, 0.5)                                                    # early: importing, reading settings
+    _kill_in_write(args, 'part-', 2)                                         # in the middle of an evaluation's 2nd cache write
+    _kill_in_write(args, 'scores.parquet', 1)                                # while writing an evaluation's scores
+    _kill_when(args, lambda: (out / '.run-tiny-b-FR.partial.ipynb').exists(), timeout=240)   # while papermill writes a report
+    assert not (out / 'index.html').exists() and not (out / 'run-tiny-b-FR.ipynb').exists()
+    r = subprocess.run([NAVAB, *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '3 reports (1 skipped, 0 failed)' in r.stdout and 'index:' in r.stdout, r.stdout
+    assert (out / 'index.html').read_text(encoding='utf-8') == study['index'].read_text(encoding='utf-8')
+    ref = study['dir'] / 'reports' / 'runs' / 'tiny-b' / 'FR'
+    for m in ('mc', 'aj'):
+        for t in ('scores.parquet', 'requests.parquet'):
+            assert pl.read_parquet(ref / m / t).equals(pl.read_parquet(out / 'runs' / 'tiny-b' / 'FR' / m / t)), (m, t)
+    assert not [f for f in out.rglob('.*') if f.name.endswith(('.tmp', '.partial.ipynb'))]
+    for f in out.rglob('*.ipynb'): nbformat.validate(nbformat.read(f, 4))
     _readable(out)
 
 

@@ -4,43 +4,10 @@ import base64, json, os, re, shutil, signal, socket, subprocess, sys, time, urll
 from pathlib import Path
 import polars as pl
 import pytest
+from conftest import PWN   # the `study` fixture (a finished tiny grid) lives in conftest: test_faults kills it too
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PWN = '<script>window.__pwned=1</script>'
-
-
-def _samples(path: Path) -> Path:
-    "Six French samples whose question carries a <script> tag (data, to be shown as text)."
-    n = 6
-    pl.DataFrame(dict(id=[f'fr{i}' for i in range(n)], nation=['FR'] * n, lang=['fr'] * n, topic=['env', 'env', 'tax', 'tax', 'health', 'health'],
-                      source_type=['official', 'quoted'] * 3, question=[f"L'État doit-il agir {i} ? {PWN}" for i in range(n)],
-                      statement=[f"L'État doit agir, point {i} & <b>gras</b>." for i in range(n)],
-                      reverse_statement=[f"L'État ne doit pas agir, point {i}." for i in range(n)])).write_parquet(path)
-    return path
-
-
-@pytest.fixture(scope='module')
-def study(tmp_path_factory):
-    "Two tiny models, their metadata table and settings, French samples, and one finished grid over them."
-    from navab.models import make_tiny_model
-    from navab.grid import run_grid
-    d = tmp_path_factory.mktemp('study')
-    models = [str(make_tiny_model(d/f'tiny-{x}', seed=i)) for i, x in enumerate('ab')]
-    pl.DataFrame(dict(model=['tiny-a', 'tiny-b'], hf_id=['-', '-'], en_share=[0.9, 0.4], zh_share=[0.0, 0.1], fr_share=[0.05, 0.5], de_share=[0.05, 0.0],
-                      n_languages=[3, 20], source=['test', 'test'])).write_csv(d/'models.csv')
-    ini = (ROOT/'settings.ini').read_text(encoding='utf-8').replace('model_table = data/models.csv', f'model_table = {d/"models.csv"}')
-    ini = ini.replace('templates = data/templates.json', f'templates = {ROOT/"data"/"templates.json"}')
-    (d/'settings.ini').write_text(ini, encoding='utf-8')
-    samples = _samples(d/'fr.parquet')
-    kw = dict(models=models, nations=['FR'], samples={'FR': [samples]}, methods=['mc', 'aj', 'robustness'], workers=1, seed=0, max_new_tokens=6,
-              progress=False, settings=d/'settings.ini')
-    t = time.time()
-    idx = run_grid(out=d/'reports', **kw)
-    return dict(dir=d, kw=kw, index=idx, first_s=time.time() - t, cmd=['--models', ','.join(models), '--nations', 'FR', '--samples', f'FR={samples}',
-                '--methods', 'mc,aj,robustness', '--seed', '0', '--max-new-tokens', '6', '--settings', str(d/'settings.ini'), '--no-progress'])
-
-
 def _records(out: Path) -> dict:
     return {r['name']: r for r in json.loads((out/'grid.json').read_text())['records']}
 
@@ -87,31 +54,6 @@ def test_failing_report_fails_alone(study, tmp_path):
     page = idx.read_text(encoding='utf-8')
     assert 'class="failed"' in page and 'JSONDecodeError' in page and '2 ok, 1 failed' in page
     assert 'JSONDecodeError' in (out/'run-tiny-a-FR.html').read_text(encoding='utf-8')   # the failed notebook is published, traceback included
-
-
-def test_kill_and_rerun(study, tmp_path):
-    "kill -9 of `navab grid` while papermill writes a report, then a rerun: the same index as an uninterrupted grid, no partial file."
-    out = tmp_path/'reports'
-    shutil.copytree(study['dir']/'reports', out)         # evaluations done; two reports left to run
-    for f in ('run-tiny-b-FR.html', 'run-tiny-b-FR.ipynb', '.grid/run-tiny-b-FR.json', 'study.html', 'study.ipynb', '.grid/study.json', 'index.html', 'grid.json'):
-        (out/f).unlink()
-    cmd = [str(BIN/'navab'), 'grid', '--out', str(out), *study['cmd']]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    t = time.time()
-    while not (out/'.run-tiny-b-FR.partial.ipynb').exists() and time.time() - t < 240 and p.poll() is None: time.sleep(0.05)
-    assert p.poll() is None, 'the grid ended before it could be killed'
-    time.sleep(1.0)
-    os.killpg(p.pid, signal.SIGKILL); p.wait()
-    assert not (out/'index.html').exists() and not (out/'run-tiny-b-FR.ipynb').exists()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert '3 reports (1 skipped, 0 failed)' in r.stdout and 'index:' in r.stdout, r.stdout
-    assert (out/'index.html').read_text(encoding='utf-8') == study['index'].read_text(encoding='utf-8')
-    import nbformat
-    assert not [f for f in out.rglob('.*') if f.name.endswith(('.tmp', '.partial.ipynb'))]
-    for f in out.rglob('*.ipynb'): nbformat.validate(nbformat.read(f, 4))
-    for f in out.rglob('*.parquet'): pl.read_parquet(f)
-    for f in out.rglob('*.json'): json.loads(f.read_text(encoding='utf-8'))
 
 
 # ---- a person's view: headless Chromium over the pages ----
