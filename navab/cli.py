@@ -167,7 +167,8 @@ def _funnel(counts: dict) -> str:
     return ' -> '.join(steps) + f" ({q} quarantined)"
 
 def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
-         aj_limit: int | None = 16, generator: str | None = None, articles: int | None = 8, progress: bool = True) -> Path:
+         aj_limit: int | None = 16, generator: str | None = None, articles: int | None = 8, progress: bool = True,
+         opinions_limit: int | None = 40) -> Path:
     "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html."
     from tqdm.auto import tqdm
     from .extract import extract
@@ -190,7 +191,7 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
     methods = list(S.grid['methods']) + (['opinions'] if goqa.is_file() and 'opinions' not in S.grid['methods'] else [])
     t1 = time.time()
     run_grid(S.grid['models'], S.grid['nations'], samples, methods, out, workers or S.grid['workers'], limit, S.seed, progress,
-             aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path)
+             aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit)
     g = json.loads((out/'grid.json').read_text(encoding='utf-8'))
     notes += g['notes'] + [f"extraction {t1 - t0:.0f} s, grid {time.time() - t1:.0f} s (navab {__version__}, seed {S.seed})"]
     return write_index(out, g['records'], notes, f"navab demo: {S.name}")
@@ -199,7 +200,7 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
 def cmd_demo(a) -> int:
     "navab demo: run the demo and say where the page is (its last line)."
     p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit or None, generator=a.generator,
-             articles=a.articles or None)
+             articles=a.articles or None, opinions_limit=a.opinions_limit or None)
     print(f"demo report: {p.resolve()}")
     return 0
 
@@ -261,6 +262,7 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument('--limit', type=int, help='at most N samples per run'); de.add_argument('--aj-limit', type=int, default=16, help='at most N samples per AJ run (default 16; 0: all)')
     de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
     de.add_argument('--articles', type=int, default=8, help='extract from the first N articles of each nation (0: all 40; default 8 keeps the demo near 10 minutes on 2 cores)')
+    de.add_argument('--opinions-limit', type=int, default=40, help='at most N GlobalOpinionQA items per nation (default 40; 0: all)')
     de.set_defaults(fn=cmd_demo)
     for name in CHAPTER_COMMANDS: _chapter_cli(name, sub)
     return p

@@ -167,13 +167,14 @@ def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | No
 
 # %% ../nbs/10b_grid.ipynb #24bbba53
 def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: int | None = None, aj_limit: int | None = None,
-                  seed: int = 0, max_new_tokens: int = 32, opinions=None, batch_size: int = 16, robust_limit: int | None = None) -> dict:
+                  seed: int = 0, max_new_tokens: int = 32, opinions=None, batch_size: int = 16, robust_limit: int | None = None,
+                  opinions_limit: int | None = None) -> dict:
     "Evaluate a model on a nation's samples with each method (cached): {method: run folder}; `robustness` goes beside the MC run."
     from navab.evaluate import evaluate
     dirs = {}
     for m in methods:
         d = run_dir(out, model, nation, m)
-        lim = aj_limit if (m == 'aj' and aj_limit) else robust_limit if (m == 'robustness' and robust_limit) else limit
+        lim = {'aj': aj_limit, 'robustness': robust_limit, 'opinions': opinions_limit}.get(m) or limit
         src = opinions if m == 'opinions' else samples_path
         if m == 'opinions' and not src: continue
         if m == 'robustness':   # beside the MC run (its report shows it), sharing the MC run's score cache
@@ -472,7 +473,8 @@ def pair_job(job: dict) -> dict:
     base = dict(kind='run', model=label(model), nation=nation)
     try:
         dirs = evaluate_pair(model, nation, job['samples'], job['methods'], out, job.get('limit'), job.get('aj_limit'), job.get('seed', 0),
-                             job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'))
+                             job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'),
+                             opinions_limit=job.get('opinions_limit'))
     except Exception as e:
         msg = f"evaluate: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         return dict(_save(out, dict(base, name=name, status='failed', error=msg, headline='', html='', ipynb='', key='')), skipped=False, runs=[])
@@ -529,7 +531,7 @@ def _study_job(out: Path, runs: list, template: Path, seed: int, settings: Path,
 def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'), out: str | Path = 'reports', workers: int = 1,
              limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
-             reports: str | Path | None = None, robust_limit: int | None = None) -> Path:
+             reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None) -> Path:
     "Evaluate and report every model x nation (papermill), then the study report, then `out/index.html`: its path."
     from tqdm.auto import tqdm
     S = load_settings(settings); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
@@ -543,9 +545,10 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
         notes.append(f"{n}: {k} samples from {', '.join(str(f) for f in found[n])}" + (f" ({bad} rows quarantined)" if bad else ''))
         if not k: continue
         jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
-                      max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
+                      opinions_limit=opinions_limit, max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
                       no_input=no_input, timeout=timeout) for m in models]
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
+    if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")
     recs, bar = [], tqdm(total=len(jobs) + 1, desc='grid', disable=not progress)
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
@@ -572,7 +575,7 @@ def cmd_grid(a) -> int:
     idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or S.grid['nations'], parse_samples(a.samples),
                    split(a.methods) or S.grid['methods'], a.out, a.workers or S.grid['workers'], a.limit, a.seed if a.seed is not None else S.seed,
                    not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout,
-                   robust_limit=a.robustness_limit)
+                   robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit)
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
         print(f"  {r['name']:<32} {r['status']:<7} {'(skipped) ' if r.get('skipped') else ''}{r.get('headline') if r['status'] == 'ok' else r.get('error')}")
@@ -592,6 +595,7 @@ def add_cli(sub):
     p.add_argument('--workers', type=int, help='reports run in this many processes (default: settings [grid] workers)')
     p.add_argument('--limit', type=int, help='at most N samples per run'); p.add_argument('--aj-limit', type=int, help='at most N samples per AJ run')
     p.add_argument('--robustness-limit', type=int, help='at most N samples per robustness run')
+    p.add_argument('--opinions-limit', type=int, help='at most N GlobalOpinionQA items per opinions run')
     p.add_argument('--max-new-tokens', type=int, default=32, help='AJ answer length cap')
     p.add_argument('--seed', type=int); p.add_argument('--settings')
     p.add_argument('--show-input', action='store_true', help='keep the code cells in the HTML (default: --no-input)')

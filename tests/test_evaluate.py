@@ -100,3 +100,18 @@ def test_opinions_five_nations(shared, tmp_path):
     sc = pl.read_parquet(tmp_path / 'scores.parquet')
     assert ((sc['model_dist'].list.sum() - 1).abs() < 1e-6).all() and sc['similarity'].is_between(0, 1).all()
     assert s['jsd_base'] == 2 and 0 < s['similarity'] < 1
+
+
+def test_grid_limits_per_method(shared, tiny_model, tmp_path):
+    "evaluate_pair: --opinions-limit caps the opinions run, --aj-limit the AJ run, --limit the rest; each run's key holds its own cap."
+    from navab.grid import evaluate_pair
+    samples = tmp_path / 'fr.parquet'
+    pl.DataFrame(dict(id=[f'fr{i}' for i in range(6)], nation=['FR'] * 6, lang=['fr'] * 6, source_type=['official', 'quoted'] * 3,
+                      question=[f"L'État doit-il agir {i} ?" for i in range(6)], statement=[f"L'État doit agir {i}." for i in range(6)],
+                      reverse_statement=[f"L'État ne doit pas agir {i}." for i in range(6)])).write_parquet(samples)
+    goqa = shared / 'global-opinions' / 'eval.json'
+    kw = dict(opinions=goqa, max_new_tokens=4)
+    d = evaluate_pair(str(tiny_model), 'FR', samples, ['mc', 'aj', 'opinions'], tmp_path / 'out', limit=5, aj_limit=2, opinions_limit=3, **kw)
+    assert [len(pl.read_parquet(d[m] / 'scores.parquet')) for m in ('mc', 'aj', 'opinions')] == [5, 2, 3]
+    d = evaluate_pair(str(tiny_model), 'FR', samples, ['opinions'], tmp_path / 'out', limit=4, **kw)   # no opinions cap: --limit
+    assert len(pl.read_parquet(d['opinions'] / 'scores.parquet')) == 4
