@@ -245,6 +245,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'navab.score._compact': ('score.html#_compact', 'navab/score.py'),
                              'navab.score._group_keys': ('score.html#_group_keys', 'navab/score.py'),
                              'navab.score._head': ('score.html#_head', 'navab/score.py'),
+                             'navab.score._kv': ('score.html#_kv', 'navab/score.py'),
+                             'navab.score._kv_out': ('score.html#_kv_out', 'navab/score.py'),
                              'navab.score._lcp': ('score.html#_lcp', 'navab/score.py'),
                              'navab.score._move_space': ('score.html#_move_space', 'navab/score.py'),
                              'navab.score._pad': ('score.html#_pad', 'navab/score.py'),

@@ -89,11 +89,13 @@ def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, voc
     att = torch.tensor([[1] * P + [0] * (L - len(s) + P) + [1] * (len(s) - P) for s in ids], device=W.device)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     from transformers import DynamicCache
+    from navab.score import _kv
+    kv = _kv(model)
     cache = DynamicCache(config=model.config)
     if P:
-        base(input_ids=x[:1, :P], attention_mask=att[:1, :P], position_ids=pos[:1, :P], past_key_values=cache, use_cache=True)
+        base(input_ids=x[:1, :P], attention_mask=att[:1, :P], position_ids=pos[:1, :P], use_cache=True, **{kv: cache})
         cache.batch_repeat_interleave(len(ids))
-    h = base(input_ids=x[:, P:], attention_mask=att, position_ids=pos[:, P:], past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+    h = base(input_ids=x[:, P:], attention_mask=att, position_ids=pos[:, P:], use_cache=True, **{kv: cache}).last_hidden_state[:, -1]
     B, outs = len(ids), [[] for _ in ids]
     done = torch.zeros(B, dtype=torch.bool, device=W.device)
     ends = torch.tensor(list(eos) or [-1], device=W.device)
@@ -109,7 +111,7 @@ def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, voc
         done |= torch.isin(nxt, ends)
         if bool(done.all()) or step == max_new_tokens - 1: break
         att = torch.cat([att, torch.ones(B, 1, dtype=att.dtype, device=att.device)], 1); last = last + 1
-        h = base(input_ids=nxt[:, None], attention_mask=att, position_ids=last[:, None], past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+        h = base(input_ids=nxt[:, None], attention_mask=att, position_ids=last[:, None], use_cache=True, **{kv: cache}).last_hidden_state[:, -1]
     return outs
 
 # %% ../nbs/04b_generate.ipynb #0619faf8

@@ -173,6 +173,15 @@ def _select(cache, rows):
     return c
 
 # %% ../nbs/04_score.ipynb #3f951f05
+def _kv(model) -> str:
+    "The keyword a model's forward takes its KV cache by: `cache` in recent transformers, `past_key_values` before."
+    import inspect
+    return 'cache' if 'cache' in inspect.signature(model.base_model.forward).parameters else 'past_key_values'
+
+def _kv_out(out):
+    "The KV cache a forward pass returned, under either name."
+    return out['cache'] if 'cache' in out else out.get('past_key_values')
+
 def _prefix_pass(model, seqs, starts, unit, padding: str):
     "Run a unit's prefixes as one batch: `(who, logprobs, greedy)` of the tokens they predict, their mask, the KV cache."
     ids, mask, pos, off = _pad([seqs[g.members[0]][:g.k] for g in unit], padding)
@@ -186,7 +195,7 @@ def _prefix_pass(model, seqs, starts, unit, padding: str):
         for i in g.members:
             for j in range(starts[i] - 1, min(g.k, len(seqs[i]) - 1)):
                 rows.append(r * T + off[r].item() + j); tgts.append(seqs[i][j + 1]); who.append(i)
-    return (who, *_pick(model, out.last_hidden_state.flatten(0, 1), rows, tgts)), mask, out.past_key_values
+    return (who, *_pick(model, out.last_hidden_state.flatten(0, 1), rows, tgts)), mask, _kv_out(out)
 
 def _suffix_pass(model, seqs, starts, unit, chunk, mask, cache, padding: str):
     "Run members' tokens beyond their group's prefix on that prefix's KV cache: `(who, logprobs, greedy)`."
@@ -196,7 +205,7 @@ def _suffix_pass(model, seqs, starts, unit, chunk, mask, cache, padding: str):
     k = torch.tensor([unit[r].k for r, _ in chunk])
     ids, smask, pos, off = _pad([seqs[i][unit[r].k:-1] for r, i in chunk], padding)
     h = model.base_model(input_ids=ids.to(dev), attention_mask=torch.cat([mask[grp], smask], 1).to(dev),
-                         position_ids=(pos + k[:, None]).to(dev), past_key_values=_select(cache, grp.to(dev)),
+                         position_ids=(pos + k[:, None]).to(dev), **{_kv(model): _select(cache, grp.to(dev))},
                          use_cache=True).last_hidden_state.flatten(0, 1)
     S, rows, tgts, who = ids.shape[1], [], [], []
     for q, (r, i) in enumerate(chunk):
