@@ -76,41 +76,47 @@ def _shared_len(ids: list) -> int:
     return k
 
 def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, vocab=None, halt=(), share: bool = True) -> list:
-    "Greedy continuations (token ids) of the token lists `ids`: shared prefix run once, head over `vocab` only, halted at `halt` strings."
+    "Greedy continuations (token ids) of the token lists `ids`: shared prefix run once, head over `vocab` only (one list, or one per row), halted at `halt` strings."
     import torch
-    base, head = model.base_model, model.get_output_embeddings()
-    W, bias = head.weight, getattr(head, 'bias', None)
-    sub = torch.tensor(vocab, device=W.device) if vocab is not None else None
-    if sub is not None: W, bias = W[sub], (bias[sub] if bias is not None else None)
+    from transformers import DynamicCache
+    from navab.score import _kv
+    base, head, kv = model.base_model, model.get_output_embeddings(), _kv(model)
+    W, bias, dev = head.weight, getattr(head, 'bias', None), head.weight.device
+    sub = allow = None
+    if vocab is not None:      # the head runs over the union of the rows' vocabularies; each row masks what it may not use
+        rows_v = [set(v) for v in vocab] if vocab and isinstance(vocab[0], (list, tuple, set)) else [set(vocab)] * len(ids)
+        U = sorted(set().union(*rows_v)); col = {t: j for j, t in enumerate(U)}
+        sub, allow = torch.tensor(U, device=dev), torch.zeros(len(ids), len(U), dtype=torch.bool, device=dev)
+        for r, v in enumerate(rows_v): allow[r, [col[t] for t in v]] = True
+        W, bias = W[sub], (bias[sub] if bias is not None else None)
     P = _shared_len(ids) if share and len(ids) > 1 else 0
     P = P if P >= SHARE_MIN else 0
     L = max(map(len, ids)) - P
-    x = torch.tensor([s[:P] + [pad] * (L - len(s) + P) + s[P:] for s in ids], device=W.device)   # padding after the shared prefix
-    att = torch.tensor([[1] * P + [0] * (L - len(s) + P) + [1] * (len(s) - P) for s in ids], device=W.device)
+    x = torch.tensor([s[:P] + [pad] * (L - len(s) + P) + s[P:] for s in ids], device=dev)   # padding after the shared prefix
+    att = torch.tensor([[1] * P + [0] * (L - len(s) + P) + [1] * (len(s) - P) for s in ids], device=dev)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
-    from transformers import DynamicCache
-    from navab.score import _kv
-    kv = _kv(model)
     cache = DynamicCache(config=model.config)
     if P:
         base(input_ids=x[:1, :P], attention_mask=att[:1, :P], position_ids=pos[:1, :P], use_cache=True, **{kv: cache})
         cache.batch_repeat_interleave(len(ids))
     h = base(input_ids=x[:, P:], attention_mask=att, position_ids=pos[:, P:], use_cache=True, **{kv: cache}).last_hidden_state[:, -1]
-    B, outs = len(ids), [[] for _ in ids]
-    done = torch.zeros(B, dtype=torch.bool, device=W.device)
-    ends = torch.tensor(list(eos) or [-1], device=W.device)
-    last = pos[:, -1]
+    outs, live, ends, last = [[] for _ in ids], list(range(len(ids))), set(eos), pos[:, -1]
     for step in range(max_new_tokens):
         logits = h @ W.T if bias is None else h @ W.T + bias
+        if allow is not None: logits = logits.masked_fill(~allow, float('-inf'))
         nxt = logits.argmax(-1)
         nxt = sub[nxt] if sub is not None else nxt
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        for r in (~done).nonzero().flatten().tolist():
-            outs[r].append(int(nxt[r]))
-            if halt and any(s in tok.decode(outs[r]) for s in halt): done[r] = True
-        done |= torch.isin(nxt, ends)
-        if bool(done.all()) or step == max_new_tokens - 1: break
-        att = torch.cat([att, torch.ones(B, 1, dtype=att.dtype, device=att.device)], 1); last = last + 1
+        keep = []
+        for j, (r, t) in enumerate(zip(live, nxt.tolist())):
+            outs[r].append(t)
+            if t not in ends and not (halt and any(s in tok.decode(outs[r]) for s in halt)): keep.append(j)
+        if not keep or step == max_new_tokens - 1: break
+        if len(keep) < len(live):            # finished answers leave the batch (and the KV cache)
+            k = torch.tensor(keep, device=dev)
+            cache.batch_select_indices(k)
+            att, last, nxt, live = att[k], last[k], nxt[k], [live[j] for j in keep]
+            if allow is not None: allow = allow[k]
+        att = torch.cat([att, torch.ones(len(live), 1, dtype=att.dtype, device=dev)], 1); last = last + 1
         h = base(input_ids=nxt[:, None], attention_mask=att, position_ids=last[:, None], use_cache=True, **{kv: cache}).last_hidden_state[:, -1]
     return outs
 
@@ -118,7 +124,7 @@ def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, voc
 def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, temperature: float = 0.0, seed: int = 0,
              chat: bool = False, stop: str | None = '\n', batch_size: int = 8, progress: bool = True, stops: list | None = None,
              lang: str | None = None, share_prefix: bool = True) -> list:
-    "Generate one completion per prompt (greedy unless `temperature` > 0, seeded; halted at `stops`, held to `lang`'s script), cached."
+    "Generate one completion per prompt (greedy unless `temperature` > 0, seeded; halted at `stops`; held to `lang`'s script and the prompt's own tokens), cached."
     import torch
     from tqdm.auto import tqdm
     prompts = list(prompts)
@@ -139,6 +145,7 @@ def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, 
         for b in range(0, len(todo), batch_size):
             idx = todo[b:b + batch_size]
             ids = [ids_of[i] for i in idx]
+            rows_v = [sorted(set(vocab) | set(s)) for s in ids] if vocab else None   # its script, and anything its prompt holds
             torch.manual_seed(seed)
             with torch.inference_mode():
                 if temperature > 0:
@@ -147,7 +154,7 @@ def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, 
                     att = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in ids], device=model.device)
                     gen = [o[L:].tolist() for o in model.generate(input_ids=x, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=True,
                                                                    temperature=temperature, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos or None)]
-                else: gen = _greedy(model, tok, ids, pad, eos, max_new_tokens, vocab, tuple(stops or ()), share_prefix)
+                else: gen = _greedy(model, tok, ids, pad, eos, max_new_tokens, rows_v, tuple(stops or ()), share_prefix)
             texts = [_cut(tok.decode(o, skip_special_tokens=True), stop) for o in gen]
             new = pl.DataFrame({'key': [keys[i] for i in idx], 'text': texts, 'prompt': [prompts[i] for i in idx],
                                 'model_hash': info.hash, 'params': json.dumps(params)})

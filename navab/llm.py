@@ -254,8 +254,7 @@ def ask_json(gen: Generator, prompts: list, fields: list, *, lang: str | None = 
     "Ask for JSON with string `fields` (prefilled, parsed strictly, language-checked); retry failures once with `retry_prompts`."
     prefix, end = '{"%s": "' % fields[0], '"}'
     def attempt(ps, s):
-        raws = gen.complete(ps, max_new_tokens=max_new_tokens, stop=None, seed=s, prefix=prefix, progress=progress, stops=[end, '\n'],
-                            lang=lang if len(fields) == 1 else None)   # a second field's JSON key is not in the language's script
+        raws = gen.complete(ps, max_new_tokens=max_new_tokens, stop=None, seed=s, prefix=prefix, progress=progress, stops=[end, '\n'], lang=lang)
         res = []
         for raw in raws:
             d, why = parse_json(raw, fields, prefix)
