@@ -131,9 +131,10 @@ def article_id(nation: str, text: str) -> str:
 
 # %% ../nbs/02_data.ipynb #ccaf3186
 def _prepare_article(rec, mapping, nation, langs):
-    "Rename fields, strip strings, fill nation/lang/id for one article record (left as-is when it is not an object)."
+    "Rename fields (NaVAB's `raw_news` is `text`), strip strings, fill nation/lang/id for one article record (left as-is when it is not an object)."
     if not isinstance(rec, dict): return rec
     r = {mapping.get(k, k): (v.strip() if isinstance(v, str) else v) for k, v in rec.items()}
+    if 'text' not in r and 'raw_news' in r: r['text'] = r.pop('raw_news')   # a NaVAB release record: its article is raw_news
     if nation and not r.get('nation'): r['nation'] = nation
     if isinstance(r.get('nation'), str): r['nation'] = r['nation'].upper()
     if not r.get('lang') and r.get('nation') in langs: r['lang'] = langs[r['nation']]

@@ -177,6 +177,8 @@ def test_trust_remote_code_only_with_the_flag(tiny_model, monkeypatch, capsys):
     assert {c for c, _ in seen} == {'AutoModelForCausalLM', 'AutoTokenizer'} and all(v is True for _, v in seen)
     seen.clear()
     capsys.readouterr()
+    import navab.models
+    navab.models._LOADED.clear()                                     # load again (not from navab's in-process model cache)
     tmp = Path(str(tiny_model)).parent
     f = _write(tmp / 'trc.jsonl', json.dumps(GOOD[0] | {'id': 'z'}).encode())
     assert main(['evaluate', '--samples', str(f), '--model', str(tiny_model), '--out', str(tmp / 'trc-run')]) == 0
