@@ -23,6 +23,8 @@ def test_trust_remote_code_is_off_unless_asked(tiny_model, monkeypatch):
     def spy(*a, **k):
         seen.append(k.get('trust_remote_code')); return orig(*a, **k)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, 'from_pretrained', spy)
+    import navab.models
+    navab.models._LOADED.clear()                   # load for real (not from navab's in-process model cache)
     load_model(str(tiny_model)); load_model(str(tiny_model), trust_remote_code=True)
     assert seen == [False, True]
 
