@@ -84,7 +84,7 @@ def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, voc
     W, bias, dev = head.weight, getattr(head, 'bias', None), head.weight.device
     sub = allow = None
     if vocab is not None:      # the head runs over the union of the rows' vocabularies; each row masks what it may not use
-        rows_v = [set(v) for v in vocab] if vocab and isinstance(vocab[0], (list, tuple, set)) else [set(vocab)] * len(ids)
+        rows_v = [v if isinstance(v, set) else set(v) for v in vocab] if vocab and isinstance(vocab[0], (list, tuple, set)) else [set(vocab)] * len(ids)
         U = sorted(set().union(*rows_v)); col = {t: j for j, t in enumerate(U)}
         sub, allow = torch.tensor(U, device=dev), torch.zeros(len(ids), len(U), dtype=torch.bool, device=dev)
         for r, v in enumerate(rows_v): allow[r, [col[t] for t in v]] = True
@@ -138,14 +138,14 @@ def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, 
     if not todo: return [done[k] for k in keys]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = [t for t in {tok.eos_token_id, *(tok.convert_tokens_to_ids(x) for x in ('<|im_end|>', '<end_of_turn>') if x in tok.get_vocab())} if t is not None]
-    vocab = lang_vocab(tok, lang) if lang else None
+    vocab = set(lang_vocab(tok, lang)) if lang else None
     ids_of = {i: _prompt_ids(tok, prompts[i], chat, info.start_token_id) for i in todo}
     todo = sorted(todo, key=lambda i: len(ids_of[i]))             # similar lengths batch together
     with tqdm(total=len(todo), desc=f"generate {info.name}", unit='answer', disable=not progress) as bar:
         for b in range(0, len(todo), batch_size):
             idx = todo[b:b + batch_size]
             ids = [ids_of[i] for i in idx]
-            rows_v = [sorted(set(vocab) | set(s)) for s in ids] if vocab else None   # its script, and anything its prompt holds
+            rows_v = [vocab | set(s) for s in ids] if vocab else None   # its script, and anything its prompt holds
             torch.manual_seed(seed)
             with torch.inference_mode():
                 if temperature > 0:
