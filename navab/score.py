@@ -63,23 +63,57 @@ def _check_head(model):
     _HEAD_OK[model] = True
 
 # %% ../nbs/04_score.ipynb #1d51b063
-def _pick(model, h, rows, targets, max_elems: int = 1 << 25):
+def _head_cols(model, h, a: int, b: int, out=None):
+    "Logits of vocabulary columns `a:b` for hidden states `h` (written into `out` when given): `_head` on those columns."
+    import torch
+    emb = model.get_output_embeddings()
+    if not isinstance(emb, torch.nn.Linear): return _head(model, h)[:, a:b]
+    z = torch.mm(h, emb.weight[a:b].t(), out=out)
+    if emb.bias is not None: z += emb.bias[a:b]
+    cap = getattr(model.config.get_text_config(), 'final_logit_softcapping', None)
+    return z.div_(cap).tanh_().mul_(cap) if cap else z
+
+def _pick(model, h, rows, targets, block: int = 512, cols: int = 8192):
     "Log-probs and greedy flags of `targets` at hidden rows `h[rows]`, normalised only over those rows."
     import torch
-    rows = torch.as_tensor(rows, dtype=torch.long, device=h.device)
-    targets = torch.as_tensor(targets, dtype=torch.long, device=h.device)
-    lp = torch.empty(len(rows), dtype=torch.float64, device=h.device)
-    greedy = torch.empty(len(rows), dtype=torch.bool, device=h.device)
+    dev = h.device
+    rows = torch.as_tensor(rows, dtype=torch.long, device=dev)
+    targets = torch.as_tensor(targets, dtype=torch.long, device=dev)
+    lp = torch.empty(len(rows), dtype=torch.float64, device=dev)
+    greedy = torch.empty(len(rows), dtype=torch.bool, device=dev)
     if not len(rows): return lp, greedy
-    uniq, inv = torch.unique(rows, return_inverse=True)
-    step = max(1, max_elems // model.get_output_embeddings().out_features)  # bounds the (rows x vocab) block in memory
-    for a in range(0, len(uniq), step):
-        logits = _head(model, h[uniq[a:a + step]]).float()
-        sel = (inv >= a) & (inv < a + step)
-        r, t = inv[sel] - a, targets[sel]
-        lp[sel] = logits[r, t].double() - torch.logsumexp(logits, -1)[r].double()
-        greedy[sel] = logits.argmax(-1)[r] == t
+    with torch.inference_mode(): _pick_blocks(model, h, rows, targets, lp, greedy, block, cols)
     return lp, greedy
+
+def _pick_blocks(model, h, rows, targets, lp, greedy, block: int, cols: int):
+    "Fill `lp` and `greedy` for `_pick`, a block of rows against `cols` vocabulary columns at a time."
+    import torch
+    dev = h.device
+    uniq, inv = torch.unique(rows, return_inverse=True)
+    V = model.get_output_embeddings().out_features
+    buf = torch.empty(min(block, len(uniq)) * min(cols, V), dtype=h.dtype, device=dev)
+    for a in range(0, len(uniq), block):
+        hb = h[uniq[a:a + block]]
+        sel = ((inv >= a) & (inv < a + block)).nonzero()[:, 0]
+        r, t = inv[sel] - a, targets[sel]
+        n = len(hb)
+        m = torch.full((n,), -torch.inf, dtype=torch.float64, device=dev)    # running max and sum of exp(z - max)
+        s = torch.zeros(n, dtype=torch.float64, device=dev)
+        top, arg = torch.full((n,), -torch.inf, device=dev), torch.zeros(n, dtype=torch.long, device=dev)
+        tl = torch.zeros(len(sel), dtype=torch.float64, device=dev)
+        for c in range(0, V, cols):
+            w = min(cols, V - c)
+            z = _head_cols(model, hb, c, c + w, buf[:n * w].view(n, w)).float()
+            cm, ci = z.max(-1)
+            up = cm > top                                      # the first column wins a tie, as in argmax
+            top, arg = torch.where(up, cm, top), torch.where(up, ci + c, arg)
+            inside = ((t >= c) & (t < c + w)).nonzero()[:, 0]
+            tl[inside] = z[r[inside], t[inside] - c].double()
+            nm = torch.maximum(m, cm.double())
+            s = s * torch.exp(m - nm) + z.sub_(nm.float()[:, None]).exp_().sum(-1).double()
+            m = nm
+        lp[sel] = tl - (m + s.log())[r]
+        greedy[sel] = arg[r] == t
 
 # %% ../nbs/04_score.ipynb #4042a0af
 def _check_requests(requests: pl.DataFrame):
@@ -179,8 +213,9 @@ def _kv(model) -> str:
     return 'cache' if 'cache' in inspect.signature(model.base_model.forward).parameters else 'past_key_values'
 
 def _kv_out(out):
-    "The KV cache a forward pass returned, under either name."
-    return out['cache'] if 'cache' in out else out.get('past_key_values')
+    "The KV cache a forward pass returned (None without `use_cache`), under either name, without the renaming warning."
+    if 'cache' in getattr(out, '__dataclass_fields__', {}) or 'cache' in out: return out.get('cache')
+    return out.get('past_key_values')
 
 def _prefix_pass(model, seqs, starts, unit, padding: str):
     "Run a unit's prefixes as one batch: `(who, logprobs, greedy)` of the tokens they predict, their mask, the KV cache."
