@@ -266,7 +266,7 @@ def _run_unit(model, seqs, starts, unit, batch_size: int, padding: str = 'right'
     return members, lp.tolist(), [len(seqs[i]) - starts[i] for i in members], (miss == 0).tolist()
 
 # %% ../nbs/04_score.ipynb #58c56dfc
-PAD_SLACK = 0.1  # a unit's rows are padded by at most this share of its longest row
+PAD_SLACK = 0.03  # a unit's rows are padded by at most this share of its longest row
 
 def _score_tokens(model, seqs, starts, keys, batch_size: int = 8, padding: str = 'right'):
     "Yield `(request indices, logprobs, n_tokens, greedy)` per unit for tokenised requests grouped by `keys`."
