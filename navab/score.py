@@ -91,6 +91,7 @@ def _pick_blocks(model, h, rows, targets, lp, greedy, block: int, cols: int):
     dev = h.device
     uniq, inv = torch.unique(rows, return_inverse=True)
     V = model.get_output_embeddings().out_features
+    if not isinstance(model.get_output_embeddings(), torch.nn.Linear): cols = V   # `_head_cols` runs the whole head: once
     buf = torch.empty(min(block, len(uniq)) * min(cols, V), dtype=h.dtype, device=dev)
     for a in range(0, len(uniq), block):
         hb = h[uniq[a:a + block]]
