@@ -100,8 +100,9 @@ def cmd_evaluate(a) -> int:
     print(f"{a.model} {a.method}: n={s['n']} {key}={s[key]:.3f} [95% CI {s['ci_low']:.3f}, {s['ci_high']:.3f}] in {s['wall_s']} s -> {a.out}")
     if len(c.quarantine):   # the valid rows are scored and stored; the exit code still says the input was not clean
         r = c.quarantine.sort('row', nulls_last=True).row(0, named=True)
+        done = f"kept, the first {a.limit} scored (--limit)" if a.limit and a.limit < len(c.valid) else 'scored'
         print(f"navab: error: {r['file']}:{r['row']}: {r['field'] or '(row)'}: {r['reason']} ({len(c.quarantine)} of {c.n_in} rows "
-              f"quarantined, the {len(c.valid)} valid ones scored; see {Path(a.out)/'quarantine.parquet'})", file=sys.stderr)
+              f"quarantined, the {len(c.valid)} valid ones {done}; see {Path(a.out)/'quarantine.parquet'})", file=sys.stderr)
         return 1
     return 0
 
