@@ -100,17 +100,17 @@ def _pick_blocks(model, h, rows, targets, lp, greedy, block: int, cols: int):
         n = len(hb)
         m = torch.full((n,), -torch.inf, dtype=torch.float64, device=dev)    # running max and sum of exp(z - max)
         s = torch.zeros(n, dtype=torch.float64, device=dev)
-        top, arg = torch.full((n,), -torch.inf, device=dev), torch.zeros(n, dtype=torch.long, device=dev)
+        arg = torch.zeros(n, dtype=torch.long, device=dev)
         tl = torch.zeros(len(sel), dtype=torch.float64, device=dev)
         for c in range(0, V, cols):
             w = min(cols, V - c)
             z = _head_cols(model, hb, c, c + w, buf[:n * w].view(n, w)).float()
             cm, ci = z.max(-1)
-            up = cm > top                                      # the first column wins a tie, as in argmax
-            top, arg = torch.where(up, cm, top), torch.where(up, ci + c, arg)
+            cm64 = cm.double()
+            arg = torch.where(cm64 > m, ci + c, arg)           # the first column wins a tie, as in argmax
             inside = ((t >= c) & (t < c + w)).nonzero()[:, 0]
             tl[inside] = z[r[inside], t[inside] - c].double()
-            nm = torch.maximum(m, cm.double())
+            nm = torch.maximum(m, cm64)
             s = s * torch.exp(m - nm) + z.sub_(nm.float()[:, None]).exp_().sum(-1).double()
             m = nm
         lp[sel] = tl - (m + s.log())[r]
