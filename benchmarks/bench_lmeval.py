@@ -52,9 +52,13 @@ loads the model and tokenizer, best of 2). A ratio target above contender-whole 
 
 Before each timed subprocess the bench waits (polling every 30 s, at most 15 minutes in all) while another process
 uses the CPU; while one runs it watches the other processes, and a run during which they used more than 2 CPU seconds
-is run again (twice at most, then kept and flagged with `*`). `--no-wait` turns this off. Output: a table on stdout and benchmarks/out/bench_lmeval.json.
+is run again (twice at most, then kept and flagged with `*`). `--no-wait` turns this off. With `--repeats N` the
+contenders take turns, each repeat starting one contender later (none always runs right after the NaVAB way's 6 GiB or
+first on a cold page cache); the table keeps each contender's fastest run, and each ratio is also given run by run
+(run i of navab against run i of the peer, same repeat) with its median, which the machine's noise moves less.
+Output: a table on stdout and benchmarks/out/bench_lmeval.json (`--report FILE` prints a saved one again).
 """
-import argparse, json, os, subprocess, sys, time
+import argparse, json, os, statistics, subprocess, sys, time
 from pathlib import Path
 
 for k, v in (('HF_HUB_OFFLINE', '1'), ('TRANSFORMERS_OFFLINE', '1'), ('HF_DATASETS_OFFLINE', '1'),
@@ -401,8 +405,10 @@ def main():
     ap.add_argument('--nocache', action='store_true', help='also run lm-eval with logits_cache=False (shows what its cache saves)')
     ap.add_argument('--no-wait', action='store_true', help='do not wait while other processes use the CPU')
     ap.add_argument('--out', default=str(OUT / 'bench_lmeval.json'))
+    ap.add_argument('--report', metavar='JSON', help='print the table of a saved run (its --out file) and stop')
     a = ap.parse_args()
     if a.worker: return worker(a.worker, a.job)
+    if a.report: return report(json.loads(Path(a.report).read_text()))
     if not DATA.exists(): print(f"bench_lmeval: skipped, the real data is not at {DATA}"); return
     try: import lm_eval  # noqa: F401
     except ImportError: sys.exit("bench_lmeval: lm-eval is not installed here: run `bash benchmarks/setup_lmeval.sh`, then "
@@ -442,7 +448,8 @@ def main():
     if not a.no_navab_way: todo.append(('navab', 'navabway'))       # whole texts: run once, compared with both modes
     runs = {}
     for rep in range(a.repeats):
-        for m, c in todo:
+        k = rep % len(todo)                       # each repeat starts with another contender: none always follows the
+        for m, c in todo[k:] + todo[:k]:          # memory churn of the NaVAB way or meets a cold page cache first
             kind, extra, label = CONTENDERS[c]
             tag = f'{m}-{c}-{rep}'
             print(f"  {label:15s} on {m}-mode requests ({len(reqs[m])}), run {rep + 1}/{a.repeats} ...", end=' ', flush=True)
@@ -495,6 +502,11 @@ def main():
     if bad: sys.exit(f"bench_lmeval: navab and lm-eval do not score the same thing: {', '.join(bad)}")
 
 
+def paired(C: dict, c: str) -> list:
+    "Peer `c`'s whole-process time over navab's, repeat by repeat: run i of each met the machine in the same repeat."
+    return [x / y for x, y in zip(C[c]['whole_s_all'], C['navab']['whole_s_all'])]
+
+
 def report(R: dict):
     M = R['meta']; peak = M['matmul_flops']
     print(f"\n{M['model']}, {M['samples']} samples, batch {M['batch_size']}, {M['threads']} torch threads on {M['cpu_count']} "
@@ -525,6 +537,9 @@ def report(R: dict):
             verdict = '' if t is None else (f"   target >= {t:.1f}x whole process: " +
                                             ('MET' if ws >= t else f"MISSED by {t - ws:.2f}x ({100 * (1 - ws / t):.0f}% short)"))
             print(f"navab vs {C[c]['label']:15s}: x{ws:.2f} whole process, x{ss:.2f} scoring only{verdict}")
+            pr = paired(C, c)
+            if len(pr) > 1:
+                print(f"{'':26s}run by run (whole): {', '.join(f'x{x:.2f}' for x in pr)}; median x{statistics.median(pr):.2f}")
         for c, k in o['checks'].items():
             toks = f"; identical token sequences {k['tokens_identical']}/{o['requests']}, greedy flags {k['greedy_identical']}/{o['requests']}" if 'tokens_identical' in k else ''
             print(f"log-probs: max |navab - {C[c]['label']}| = {k['max_abs_diff']:.1e} nats ({k['against']}){toks}")
