@@ -1,19 +1,21 @@
 """The benchmark's own arithmetic (benchmarks/bench_lmeval.py): its floor, its run-by-run ratios and its report. The
 benchmark itself is run by hand (`make bench`); these tests only keep the numbers it prints honest."""
-import importlib.util, statistics
+import importlib.util, os, statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench():
+def bench(monkeypatch):
+    "The bench as a module; the environment defaults it sets on import (TQDM_DISABLE, ...) stay out of other tests."
+    monkeypatch.setattr(os, 'environ', dict(os.environ))
     spec = importlib.util.spec_from_file_location('bench_lmeval', ROOT / 'benchmarks' / 'bench_lmeval.py')
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
     return mod
 
 
-def test_floor_counts_each_distinct_prefix_once():
-    b = bench()
+def test_floor_counts_each_distinct_prefix_once(monkeypatch):
+    b = bench(monkeypatch)
     # two requests that differ only in their last token share every input position and every scored distribution
     assert b.floor_work([[0, 1, 2, 3], [0, 1, 2, 4]], [1, 1]) == (3, 3)
     # a third sharing only the start token adds its own positions; scoring only from its 3rd token adds 1 head row
@@ -22,8 +24,8 @@ def test_floor_counts_each_distinct_prefix_once():
     assert b.floor_work([[0, 1, 2, 9], [0, 1, 2, 8], [0, 1, 5, 9]], [3, 3, 3]) == (4, 2)
 
 
-def test_paired_ratios_and_report(capsys):
-    b = bench()
+def test_paired_ratios_and_report(capsys, monkeypatch):
+    b = bench(monkeypatch)
     C = {'navab': {'whole_s_all': [10.0, 12.0, 11.0]}, 'lmeval': {'whole_s_all': [13.0, 12.0, 16.5]}}
     assert b.paired(C, 'lmeval') == [1.3, 1.0, 1.5]
     assert statistics.median(b.paired(C, 'lmeval')) == 1.3
