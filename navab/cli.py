@@ -206,7 +206,7 @@ def cmd_demo(a) -> int:
     return 0
 
 # %% ../nbs/11_cli.ipynb #8f4d4580
-CHAPTER_COMMANDS = ('extract', 'grid', 'robustness')  # chapters that bring their own subcommand: `add_cli(sub)`
+CHAPTER_COMMANDS = ('extract', 'grid', 'robustness', 'align')  # chapters that bring their own subcommand: `add_cli(sub)`
 
 def _chapter_cli(name: str, sub):
     "Let chapter `navab.<name>` add its subcommand through its `add_cli(sub)`, when that chapter exists."

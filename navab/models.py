@@ -13,8 +13,8 @@ from .settings import cache_dir, safe_name, inside, load_settings
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'DTYPES', 'MAX_LOADED', 'SENTENCES', 'ModelRef', 'resolve', 'gguf_path', 'sha256_file', 'convert_embedded',
-           'is_cached', 'start_token', 'ModelInfo', 'load_model', 'make_tiny_model', 'sentence_logprob', 'model_table',
-           'model_rows']
+           'is_cached', 'start_token', 'ModelInfo', 'load_model', 'make_tiny_model', 'sentence_logprob', 'load_adapter',
+           'model_table', 'model_rows']
 
 # %% ../nbs/03_models.ipynb #dc629e36
 EMBEDDED = {
@@ -27,7 +27,7 @@ EMBEDDED = {
 # %% ../nbs/03_models.ipynb #a28fc147
 @dataclass(frozen=True)
 class ModelRef:
-    "A resolved model name: `kind` is embedded, local or hub."
+    "A resolved model name: `kind` is embedded, local, hub or adapter (an aligned LoRA folder)."
     name: str
     kind: str
     path: str
@@ -38,6 +38,7 @@ def resolve(name: str) -> ModelRef:
     if name in EMBEDDED: return ModelRef(name, 'embedded', str(cache_dir()/'models'/safe_name(name)))
     p = Path(name).expanduser()
     if p.is_dir():
+        if (p/'adapter_config.json').exists(): return ModelRef(name, 'adapter', str(p.resolve()))   # navab align's LoRA output
         if not (p/'config.json').exists(): raise ValueError(f"{name}: a folder without config.json is not a model folder")
         return ModelRef(name, 'local', str(p.resolve()))
     if re.fullmatch(r'[A-Za-z0-9][\w.-]*/[\w.-]+', name) and '..' not in name:
@@ -157,6 +158,7 @@ def load_model(name: str, dtype: str = 'float32', device: str = 'cpu', trust_rem
 
 def _load_model(name, ref, path, dtype, device, trust_remote_code):
     "Load a model and its tokenizer from `path` (what load_model caches)."
+    if ref.kind == 'adapter': return load_adapter(name, ref, dtype, device, trust_remote_code)   # base + adapter, merged
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     t0 = time.time()
@@ -199,6 +201,36 @@ def sentence_logprob(model, tok, text: str, start_id: int) -> float:
     ids = torch.tensor([[start_id] + tok(text, add_special_tokens=False).input_ids], device=model.device)
     with torch.inference_mode(): lp = model(ids).logits[0, :-1].float().log_softmax(-1)
     return lp.gather(-1, ids[0, 1:, None]).sum().item()
+
+# %% ../nbs/03_models.ipynb #c6034e6d
+def _adapter_base(path: str | Path) -> str:
+    "The base model an adapter folder was trained from (navab_align.json, else adapter_config.json)."
+    p = Path(path)
+    if (p/'navab_align.json').is_file(): return json.loads((p/'navab_align.json').read_text())['base_model']
+    return json.loads((p/'adapter_config.json').read_text())['base_model_name_or_path']
+
+def _adapter_hash(path: str | Path, base_hash: str) -> str:
+    "The content hash of an adapter folder: its base model's hash and its adapter files."
+    h = hashlib.sha256(base_hash.encode())
+    for f in sorted(Path(path).iterdir()):
+        if f.name.startswith('adapter_') and f.is_file(): h.update(f.name.encode()); h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+def load_adapter(name: str, ref: ModelRef, dtype: str = 'float32', device: str = 'cpu', trust_remote_code: bool = False):
+    "(model, tokenizer, ModelInfo) of an adapter folder: a fresh copy of its base with the adapter merged."
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+    base = _adapter_base(ref.path)
+    bref = resolve(base)
+    if bref.kind == 'adapter': raise ValueError(f"{name}: its base {base} is itself an adapter folder")
+    bpath = str(convert_embedded(base)) if bref.kind == 'embedded' else bref.path
+    m, _, binfo = _load_model(base, bref, bpath, dtype, device, trust_remote_code)   # a fresh copy: merging must not touch a cached base
+    t0 = time.time()
+    m = PeftModel.from_pretrained(m, ref.path).merge_and_unload().eval()
+    tok = AutoTokenizer.from_pretrained(ref.path)
+    info = ModelInfo(**{**binfo.__dict__, 'name': name, 'kind': 'adapter', 'path': ref.path, 'hash': _adapter_hash(ref.path, binfo.hash),
+                        'load_s': round(binfo.load_s + time.time() - t0, 2)})
+    return m, tok, info
 
 # %% ../nbs/03_models.ipynb #3d8afe5e
 SENTENCES = {'zh': '政府应当保护环境。', 'en': 'The government should protect the environment.',
