@@ -169,7 +169,7 @@ def _funnel(counts: dict) -> str:
 
 def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
          aj_limit: int | None = 16, generator: str | None = None, articles: int | None = 8, progress: bool = True,
-         opinions_limit: int | None = 40) -> Path:
+         opinions_limit: int | None = 40, align_steps: int | None = 8) -> Path:
     "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html."
     from tqdm.auto import tqdm
     from .extract import extract
@@ -195,13 +195,26 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
              aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit)
     g = json.loads((out/'grid.json').read_text(encoding='utf-8'))
     notes += g['notes'] + [f"extraction {t1 - t0:.0f} s, grid {time.time() - t1:.0f} s (navab {__version__}, seed {S.seed})"]
+    if align_steps: g['records'].append(_demo_align(out, S, align_steps, notes))
     return write_index(out, g['records'], notes, f"navab demo: {S.name}")
+
+def _demo_align(out: Path, S, steps: int, notes: list, model: str = 'smollm2-135m') -> dict:
+    "The demo's one alignment run: `model` toward the nation with the most samples, `steps` LoRA steps, MC on the held-out pairs."
+    from .grid import align_job, REPORTS
+    n_by = {p.stem: pl.scan_parquet(p).select(pl.len()).collect().item() for p in sorted((out/'samples').glob('*.parquet'))}
+    best = max(n_by, key=lambda k: (n_by[k], k))
+    t = time.time()
+    rec = align_job(dict(out=str(out), model=model, nation=best, samples=str(out/'samples'/f'{best}.parquet'), seed=S.seed, template=str(REPORTS/'align.ipynb'),
+                         align_options=dict(steps=steps, batch_size=2, max_length=128, methods=['mc'], save_steps=steps)))
+    notes.append(f"align: {model} toward {best} (the most samples: {n_by[best]}), {steps} LoRA steps, MC on the held-out pairs, {time.time() - t:.0f} s "
+                 f"(navab demo --align-steps N; 0 leaves it out)")
+    return rec
 
 # %% ../nbs/11_cli.ipynb #971ed33d
 def cmd_demo(a) -> int:
     "navab demo: run the demo and say where the page is (its last line)."
     p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit or None, generator=a.generator,
-             articles=a.articles or None, opinions_limit=a.opinions_limit or None)
+             articles=a.articles or None, opinions_limit=a.opinions_limit or None, align_steps=a.align_steps)
     print(f"demo report: {p.resolve()}")
     return 0
 
@@ -264,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
     de.add_argument('--articles', type=int, default=8, help='extract from the first N articles of each nation (0: all 40; default 8 keeps the demo near 10 minutes on 2 cores)')
     de.add_argument('--opinions-limit', type=int, default=40, help='at most N GlobalOpinionQA items per nation (default 40; 0: all)')
+    de.add_argument('--align-steps', type=int, default=8, help='DPO steps of the demo alignment run (SmolLM2, LoRA; default 8; 0: no alignment run)')
     de.set_defaults(fn=cmd_demo)
     for name in CHAPTER_COMMANDS: _chapter_cli(name, sub)
     return p

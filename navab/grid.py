@@ -17,11 +17,12 @@ from .data import load_samples, read_opinions
 from .stats import accuracy_table, bootstrap_ci, mcnemar_exact, paired_bootstrap, agreement
 
 # %% auto #0
-__all__ = ['HK_FILES', 'SCORE_COLS', 'REPORTS', 'h', 'html_table', 'show', 'show_fig', 'heading', 'parse_samples', 'find_samples',
-           'nation_samples', 'file_hash', 'run_key', 'label', 'run_dir', 'evaluate_pair', 'load_scores',
-           'worst_samples', 'mc_aj_table', 'grid_table', 'paired_table', 'share_frame', 'fit_share_model',
-           'consistency', 'source_table', 'opinion_table', 'plot_ci', 'plot_heatmap', 'show_robustness', 'to_html',
-           'execute_report', 'pair_job', 'write_index', 'run_grid', 'cmd_grid', 'add_cli']
+__all__ = ['HK_FILES', 'SCORE_COLS', 'REPORTS', 'ALIGN_DEFAULTS', 'h', 'html_table', 'show', 'show_fig', 'heading',
+           'parse_samples', 'find_samples', 'nation_samples', 'file_hash', 'run_key', 'label', 'run_dir',
+           'evaluate_pair', 'load_scores', 'worst_samples', 'mc_aj_table', 'grid_table', 'paired_table', 'share_frame',
+           'fit_share_model', 'consistency', 'source_table', 'opinion_table', 'plot_ci', 'plot_heatmap',
+           'show_robustness', 'to_html', 'execute_report', 'pair_job', 'align_job', 'write_index', 'run_grid',
+           'cmd_grid', 'add_cli']
 
 # %% ../nbs/10b_grid.ipynb #2d563b36
 def h(x) -> str:
@@ -487,6 +488,27 @@ def pair_job(job: dict) -> dict:
         rec = dict(_save(out, dict(base, name=name, status='failed', error=f"{type(e).__name__}: {e}"[:300], headline='', html='', ipynb='', key='')), skipped=False)
     return dict(rec, runs=[dict(model=model, nation=nation, method=m, dir=str(d)) for m, d in dirs.items()])
 
+# %% ../nbs/10b_grid.ipynb #f8447926
+ALIGN_DEFAULTS = dict(steps=20, batch_size=4, lr=1e-4, max_length=128, methods=['mc'], save_steps=10)
+
+def align_job(job: dict) -> dict:
+    "Align one model toward one nation on its samples and run the alignment report: the job's record (never raises)."
+    from navab.align import align
+    out, model, nation = Path(job['out']), job['model'], job['nation']
+    name = f"align-{safe_name(label(model))}-{nation}"
+    base = dict(kind='align', model=label(model), nation=nation)
+    d = out/'align'/safe_name(label(model))/nation
+    opts = {**ALIGN_DEFAULTS, **(job.get('align_options') or {})}
+    try: align(job['samples'], model, nation, d, seed=job.get('seed', 0), progress=False, log=lambda *a: None, **opts)
+    except Exception as e:
+        msg = f"align: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        return dict(_save(out, dict(base, name=name, status='failed', error=msg, headline='', html='', ipynb='', key='')), skipped=False)
+    inputs = [d/'align.json', d/'log_history.json'] + [d/'ablation'/'log_history.json']
+    try: return dict(_report(out, name, job['template'], dict(align_dir=os.path.relpath(d, out), seed=job.get('seed', 0)), inputs, base,
+                             job.get('no_input', True), job.get('timeout', 900), f"navab: {label(model)} aligned toward {nation}"))
+    except Exception as e:
+        return dict(_save(out, dict(base, name=name, status='failed', error=f"{type(e).__name__}: {e}"[:300], headline='', html='', ipynb='', key='')), skipped=False)
+
 # %% ../nbs/10b_grid.ipynb #7c374140
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}.failed{color:#a00}.ok{color:#070}")
@@ -531,7 +553,8 @@ def _study_job(out: Path, runs: list, template: Path, seed: int, settings: Path,
 def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'), out: str | Path = 'reports', workers: int = 1,
              limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
-             reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None) -> Path:
+             reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None,
+             align_options: dict | None = None) -> Path:
     "Evaluate and report every model x nation (papermill), then the study report, then `out/index.html`: its path."
     from tqdm.auto import tqdm
     S = load_settings(settings); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
@@ -539,6 +562,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     reports = Path(reports) if reports else REPORTS
     nations = [S.nation(n).code for n in nations]
     found, notes, jobs = find_samples(nations, samples, S), [], []
+    aligns, methods = 'align' in methods, [m for m in methods if m != 'align']      # align: its own jobs and report (align_job)
     for n in nations:
         if not found[n]: notes.append(f"{n}: no samples found (give --samples {n}=PATH, or run navab extract): left out"); continue
         p, k, bad = nation_samples(found[n], n, out, S)
@@ -549,7 +573,8 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
                       no_input=no_input, timeout=timeout) for m in models]
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
     if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")
-    recs, bar = [], tqdm(total=len(jobs) + 1, desc='grid', disable=not progress)
+    ajobs = [dict(j, align_options=align_options, template=str(reports/'align.ipynb')) for j in jobs] if aligns else []
+    recs, bar = [], tqdm(total=len(jobs) + len(ajobs) + 1, desc='grid', disable=not progress)
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -559,6 +584,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     else:
         for j in jobs:
             recs.append(pair_job(j)); bar.update(); bar.set_postfix_str(f"{recs[-1]['name']}: {recs[-1]['status']}")
+    for j in ajobs: recs.append(align_job(j)); bar.update()
     runs = [r for rec in recs for r in rec.get('runs', [])]
     study = _study_job(out, runs, reports/'study.ipynb', seed, S.path, no_input, timeout) if runs else None
     bar.update(); bar.close()
@@ -575,7 +601,7 @@ def cmd_grid(a) -> int:
     idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or S.grid['nations'], parse_samples(a.samples),
                    split(a.methods) or S.grid['methods'], a.out, a.workers or S.grid['workers'], a.limit, a.seed if a.seed is not None else S.seed,
                    not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout,
-                   robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit)
+                   robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, align_options=dict(steps=a.align_steps) if a.align_steps else None)
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
         print(f"  {r['name']:<32} {r['status']:<7} {'(skipped) ' if r.get('skipped') else ''}{r.get('headline') if r['status'] == 'ok' else r.get('error')}")
@@ -590,7 +616,8 @@ def add_cli(sub):
     p.add_argument('--models', help='comma-separated models (default: settings [grid] models)')
     p.add_argument('--nations', help='comma-separated nation codes (default: settings [grid] nations)')
     p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation) or folders holding <NATION>/samples.parquet')
-    p.add_argument('--methods', help='comma-separated: mc, aj, opinions, robustness (default: settings [grid] methods)')
+    p.add_argument('--methods', help='comma-separated: mc, aj, opinions, robustness, align (default: settings [grid] methods)')
+    p.add_argument('--align-steps', type=int, help='DPO steps of each align run (default navab.grid.ALIGN_DEFAULTS)')
     p.add_argument('--opinions', help='GlobalOpinionQA file for the opinions method')
     p.add_argument('--workers', type=int, help='reports run in this many processes (default: settings [grid] workers)')
     p.add_argument('--limit', type=int, help='at most N samples per run'); p.add_argument('--aj-limit', type=int, help='at most N samples per AJ run')

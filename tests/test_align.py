@@ -1,0 +1,149 @@
+"""Alignment: the held-out split (seeded, no topic leak), bad pairs and untrainable models (one clear line), a run killed
+with kill -9 resumes to the same adapter, the result folder as `--model` in evaluate and grid, and SmolLM2-135M LoRA on
+real GlobalOpinionQA pairs with before/after evaluation."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import polars as pl
+import pytest
+from navab.align import split_pairs, read_pairs, _frame, align
+
+NAVAB = str(Path(sys.executable).parent / 'navab')
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE='1')
+
+
+def _pairs(path, n=24, topics=6):
+    "n English pairs over `topics` topics: dpo_pairs.jsonl with the samples.parquet beside it (topics), as extraction writes them."
+    rows = [dict(id=f'p{i:02d}', prompt=f'Should the city fund project {i}?', chosen=f'Yes, the city should fund project {i}.',
+                 rejected=f'No, project {i} is a waste.') for i in range(n)]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / 'dpo_pairs.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+    pl.DataFrame(dict(id=[r['id'] for r in rows], topic=[f't{i % topics}' for i in range(n)])).write_parquet(path / 'samples.parquet')
+    return path / 'dpo_pairs.jsonl'
+
+
+def _cli(*args):
+    return subprocess.run([NAVAB, *map(str, args)], capture_output=True, text=True, env=ENV)
+
+
+def test_split_groups_by_topic_seeded_and_falls_back(tmp_path):
+    P, Q, n = read_pairs(_pairs(tmp_path / 'x', 40, 8), 'US')
+    assert (n, len(P), len(Q)) == (40, 40, 0) and P['topic'].n_unique() == 8
+    for seed in range(5):
+        tr, te, info = split_pairs(P, 0.3, seed)
+        assert info['by'] == 'topic' and not set(tr['topic']) & set(te['topic'])       # no topic on both sides
+        assert len(tr) + len(te) == 40 and not set(tr['id']) & set(te['id'])
+        assert split_pairs(P, 0.3, seed)[2]['test_ids'] == info['test_ids']             # seeded
+    assert len({tuple(split_pairs(P, 0.3, s)[2]['test_ids']) for s in range(5)}) > 1     # and the seed matters
+    tr, te, info = split_pairs(P.with_columns(pl.lit('one').alias('topic')), 0.3, 0)    # one topic: by pair, with a warning
+    assert info['by'] == 'id' and 'only 1 distinct topics' in info['warning'] and len(te) == 12
+
+
+def test_bad_pairs_and_models_give_one_clear_line(tmp_path, tiny_model):
+    f = tmp_path / 'dpo_pairs.jsonl'
+    rows = [dict(id='a', prompt='Q?', chosen='', rejected='No.'), dict(id='b', prompt='Q?', chosen='Same.', rejected='Same.'),
+            dict(id='c', prompt='Q?', chosen='y' * 3000, rejected='No.'), dict(id='d', prompt='Q?', chosen='政府应当保护环境', rejected='No.'),
+            dict(id='e', prompt='Q?', chosen='Yes.', rejected='No.')]
+    f.write_text('\n'.join(json.dumps(r, ensure_ascii=False) for r in rows) + '\n')
+    P, Q, n = read_pairs(f, 'US')
+    assert (n, len(P), Q.select('file', 'row').n_unique()) == (5, 1, 4)                  # in = out + quarantined
+    got = {r['row']: (r['field'], r['reason']) for r in Q.iter_rows(named=True)}
+    assert got[1] == ('statement', 'empty') and got[2][1].startswith('identical') and 'over the 1000-character limit' in got[3][1]
+    assert got[4] == ('statement', 'mostly Chinese characters: not written in en') and set(Q['file']) == {str(f)}
+    r = _cli('align', '--pairs', f, '--model', tiny_model, '--nation', 'US', '--out', tmp_path / 'o')
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == ['navab: error: too few pairs to split: 1 valid pairs (need at least 4: some to train on, some held out)']
+    good = _pairs(tmp_path / 'g')
+    r = _cli('align', '--pairs', good, '--model', 'http://127.0.0.1:9/v1#m', '--nation', 'US', '--out', tmp_path / 'o')
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and 'server URL cannot be trained' in r.stderr
+    bert = tmp_path / 'bert'; bert.mkdir()
+    (bert / 'config.json').write_text(json.dumps(dict(model_type='bert', architectures=['BertModel'])))
+    r = _cli('align', '--pairs', good, '--model', bert, '--nation', 'US', '--out', tmp_path / 'o')
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and 'no causal-LM head' in r.stderr
+
+
+def _adapter(d):
+    from safetensors.numpy import load_file
+    return load_file(str(Path(d) / 'adapter_model.safetensors'))
+
+
+@pytest.fixture(scope='module')
+def resumed(tmp_path_factory, tiny_model):
+    "The same tiny training run uninterrupted and killed with kill -9 after its first checkpoint, then restarted."
+    d = tmp_path_factory.mktemp('align')
+    pairs = _pairs(d / 'pairs')
+    cmd = lambda out: [NAVAB, 'align', '--pairs', pairs, '--model', tiny_model, '--nation', 'US', '--out', out, '--steps', '10',
+                       '--save-steps', '5', '--batch-size', '2', '--lr', '0.01', '--methods', 'mc', '--no-progress']
+    a = subprocess.run(list(map(str, cmd(d / 'a'))), capture_output=True, text=True, env=ENV)
+    assert a.returncode == 0, a.stderr[-3000:]
+    p = subprocess.Popen(list(map(str, cmd(d / 'b'))), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    t0 = time.time()
+    while not list((d / 'b' / 'checkpoints').glob('*/checkpoint-*/trainer_state.json')) and p.poll() is None and time.time() - t0 < 300:
+        time.sleep(0.02)
+    os.kill(p.pid, signal.SIGKILL); p.wait()
+    killed_at = sorted(c.parent.name for c in (d / 'b' / 'checkpoints').glob('*/checkpoint-*/trainer_state.json'))
+    finished = (d / 'b' / 'adapter_model.safetensors').exists()
+    b = subprocess.run(list(map(str, cmd(d / 'b'))), capture_output=True, text=True, env=ENV)
+    assert b.returncode == 0, b.stderr[-3000:]
+    return dict(dir=d, a=d / 'a', b=d / 'b', killed_at=killed_at, finished=finished, pairs=pairs, stdout=a.stdout)
+
+
+def test_kill9_resumes_to_the_same_adapter(resumed):
+    assert resumed['killed_at'] and not resumed['finished'], resumed        # killed after a checkpoint, before the end
+    ma, mb = (json.loads((resumed[k] / 'navab_align.json').read_text()) for k in 'ab')
+    assert ma['resumed_from'] is None and mb['resumed_from'] and mb['global_step'] == ma['global_step'] == 10
+    A, B = _adapter(resumed['a']), _adapter(resumed['b'])
+    assert A.keys() == B.keys() and len(A)
+    assert max(float(np.abs(A[k] - B[k]).max()) for k in A) < 1e-5
+    ha, hb = ([x['loss'] for x in json.loads((resumed[k] / 'log_history.json').read_text()) if 'loss' in x] for k in 'ab')
+    assert np.allclose(ha, hb[-len(ha):] if len(hb) >= len(ha) else hb, atol=1e-5)
+    s = json.loads((resumed['a'] / 'align.json').read_text())
+    assert [r['arm'] for r in s['results']] == ['base', 'aligned'] and s['comparisons'][0]['b'] == 'aligned'
+    assert 'accuracy' in resumed['stdout'] and 'McNemar p =' in resumed['stdout']
+
+
+def test_result_folder_is_a_model_for_evaluate_and_grid(resumed, tiny_model, tmp_path):
+    from navab.models import load_model, resolve
+    from navab.grid import run_grid
+    a = resumed['a']
+    assert resolve(str(a)).kind == 'adapter'
+    _, _, ib = load_model(str(tiny_model)); _, _, ia = load_model(str(a))
+    assert ia.hash != ib.hash and ia.kind == 'adapter'
+    r = _cli('evaluate', '--samples', resumed['pairs'].parent / 'samples.parquet', '--model', a, '--nation', 'US', '--out', tmp_path / 'ev')
+    # samples.parquet beside the pairs holds only ids and topics: evaluate quarantines them; evaluate the held-out pairs instead
+    test = pl.read_parquet(a / 'eval' / 'US' / 'aligned-mc' / 'scores.parquet')
+    s = json.loads((a / 'eval' / 'US' / 'aligned-mc' / 'summary.json').read_text())
+    assert s['model_hash'] == ia.hash and len(test) == s['n']
+    P, _, _ = read_pairs(resumed['pairs'], 'US')
+    f = tmp_path / 'us.parquet'
+    P.select('id', 'nation', 'lang', 'topic', 'question', 'statement', 'reverse_statement').write_parquet(f)
+    r = _cli('evaluate', '--samples', f, '--model', a, '--out', tmp_path / 'ev2')
+    assert r.returncode == 0 and json.loads((tmp_path / 'ev2' / 'summary.json').read_text())['model_hash'] == ia.hash, r.stderr[-2000:]
+    idx = run_grid([str(tiny_model), str(a)], ['US'], {'US': [f]}, ['mc'], tmp_path / 'grid', progress=False)
+    recs = json.loads((tmp_path / 'grid' / 'grid.json').read_text())['records']
+    assert {r['model'] for r in recs if r['kind'] == 'run'} == {Path(tiny_model).name, 'a'} and all(r['status'] == 'ok' for r in recs), recs
+    idx = run_grid([str(tiny_model)], ['US'], {'US': [f]}, ['mc', 'align'], tmp_path / 'grid2', progress=False,
+                   align_options=dict(steps=2, save_steps=2, batch_size=2))            # --methods mc,align: an alignment report too
+    recs = {r['kind']: r for r in json.loads((tmp_path / 'grid2' / 'grid.json').read_text())['records']}
+    assert recs['align']['status'] == 'ok' and 'aligned' in recs['align']['headline'], recs['align']
+    assert f'href="{recs["align"]["html"]}"' in idx.read_text() and (tmp_path / 'grid2' / recs['align']['html']).is_file()
+
+
+@pytest.mark.slow
+def test_smollm2_lora_on_real_opinion_pairs(shared, tmp_path):
+    goqa = shared / 'global-opinions' / 'eval.json'
+    lines = []
+    s = align(goqa, 'smollm2-135m', 'DE', tmp_path / 'de', steps=4, batch_size=2, lr=2e-4, methods=['mc'], eval_limit=12,
+              train_limit=8, save_steps=100, max_length=96, progress=False, log=lines.append)
+    assert s['counts']['pairs']['n_in'] == s['counts']['pairs']['out'] + s['counts']['pairs']['quarantined'] > 100
+    assert s['split']['by'] == 'topic' and s['train']['global_step'] == 4
+    base, al = s['results']
+    assert (base['arm'], al['arm'], base['n'], al['n']) == ('base', 'aligned', 12, 12)
+    assert all(0 <= r['ci_low'] <= r['accuracy'] <= r['ci_high'] <= 1 for r in s['results'])
+    c = s['comparisons'][0]
+    assert 0 <= c['p_value'] <= 1 and c['ci_low'] <= c['diff'] <= c['ci_high']
+    hist = json.loads((tmp_path / 'de' / 'log_history.json').read_text())
+    assert hist[-2]['rewards/margins'] > hist[0]['rewards/margins']           # training moved the policy toward S
+    sb = pl.read_parquet(tmp_path / 'de' / 'eval' / 'DE' / 'base-mc' / 'scores.parquet')
+    sa = pl.read_parquet(tmp_path / 'de' / 'eval' / 'DE' / 'aligned-mc' / 'scores.parquet')
+    assert sb['sample_id'].to_list() == sa['sample_id'].to_list() and not np.allclose(sb['margin'].to_numpy(), sa['margin'].to_numpy())
