@@ -239,7 +239,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument('--out', help='write the valid rows to this Parquet file'); c.add_argument('--quarantine', help='write the quarantine to this Parquet file')
     c.set_defaults(fn=cmd_data_check)
     e = sub.add_parser('evaluate', help='score a model on samples with MC, AJ (or GlobalOpinionQA opinions)')
-    e.add_argument('--samples', required=True, help='a NaVAB release JSON (needs --nation), a navab samples file, or a GlobalOpinionQA file (--method opinions)')
+    e.add_argument('--samples', required=True, help='the released NaVAB by name (JadenGGGeee/NaVAB[:CONFIG[/SPLIT]], e.g. :French/quoted; '
+                   'the config names the nation), a NaVAB release JSON (needs --nation), a navab samples file, or a GlobalOpinionQA file (--method opinions)')
     e.add_argument('--model', required=True, help='an embedded name, a local folder or an HF id')
     e.add_argument('--method', default='mc', choices=['mc', 'aj', 'opinions'])
     e.add_argument('--nation', help='nation code (CN, US, UK, FR, DE) for files that carry none')

@@ -13,7 +13,7 @@ import polars as pl
 from . import __version__
 from .settings import load_settings, repo_root, safe_name
 from .schema import atomic_write
-from .data import load_samples, read_opinions
+from .data import load_samples, read_opinions, release_part, release_nations, parse_release
 from .stats import accuracy_table, bootstrap_ci, mcnemar_exact, paired_bootstrap, agreement
 
 # %% auto #0
@@ -76,7 +76,8 @@ def parse_samples(specs) -> dict:
 HK_FILES = ('human_statement_result.json', 'official_statement_result.json')
 
 def _in_folder(folder: Path, nation: str) -> list:
-    "The samples a folder holds for a nation: its extraction output (`<NATION>/samples.parquet`) or a per-nation file."
+    "The samples a folder holds for a nation: its extraction output (`<NATION>/samples.parquet`), a per-nation file, or its config of a NaVAB release name."
+    if part := release_part(folder, nation): return [part]
     for c in (folder/nation/'samples.parquet', folder/nation.lower()/'samples.parquet', folder/'extract'/nation/'samples.parquet',
               folder/f'{nation}.parquet', folder/f'{nation}.jsonl'):
         if c.is_file(): return [c]
@@ -95,7 +96,7 @@ def find_samples(nations, samples: dict | None = None, settings=None, shared: st
         if not files and n == 'CN' and not samples.get('*') and (shared/'navab-hk').is_dir():
             files = [shared/'navab-hk'/f for f in HK_FILES if (shared/'navab-hk'/f).is_file()]
         for f in files:
-            if not Path(f).exists(): raise ValueError(f"samples for {n}: {f} not found")
+            if not Path(f).exists() and not parse_release(f, n): raise ValueError(f"samples for {n}: {f} not found")
         found[n] = [Path(f) for f in files]
     return found
 
@@ -577,7 +578,8 @@ def cmd_grid(a) -> int:
     S = load_settings(a.settings)
     split = lambda s: [x.strip() for x in s.split(',') if x.strip()] if s else None
     t0 = time.time()
-    idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or S.grid['nations'], parse_samples(a.samples),
+    rel = list(dict.fromkeys(n for s in a.samples if '=' not in s for n in release_nations(s)))   # a release name brings its nations
+    idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or rel or S.grid['nations'], parse_samples(a.samples),
                    split(a.methods) or S.grid['methods'], a.out, a.workers or S.grid['workers'], a.limit, a.seed if a.seed is not None else S.seed,
                    not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout,
                    robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, device=a.device, dtype=a.dtype)
@@ -594,7 +596,8 @@ def add_cli(sub):
     p = sub.add_parser('grid', help='evaluate every model x nation, run the papermill reports, publish HTML and index.html')
     p.add_argument('--models', help='comma-separated models (default: settings [grid] models)')
     p.add_argument('--nations', help='comma-separated nation codes (default: settings [grid] nations)')
-    p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation) or folders holding <NATION>/samples.parquet')
+    p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation), folders holding <NATION>/samples.parquet, or the released NaVAB by name '
+                   '(JadenGGGeee/NaVAB[:CONFIG[/SPLIT]]: every nation it holds, unless --nations says otherwise)')
     p.add_argument('--methods', help='comma-separated: mc, aj, opinions, robustness (default: settings [grid] methods)')
     p.add_argument('--opinions', help='GlobalOpinionQA file for the opinions method')
     p.add_argument('--workers', type=int, help='reports run in this many processes (default: settings [grid] workers)')

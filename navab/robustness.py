@@ -275,7 +275,7 @@ def cmd_robustness(a) -> int:
 def add_cli(sub):
     "Add `navab robustness` to the `navab` command's subparsers."
     p = sub.add_parser('robustness', help='re-score samples under prompt-format variations: accuracy per variation, decision flips, permutation test')
-    p.add_argument('--samples', required=True, nargs='+', help='one or more sample files (NaVAB release JSON needs --nation)')
+    p.add_argument('--samples', required=True, nargs='+', help='one or more sample files (NaVAB release JSON needs --nation) or release names (JadenGGGeee/NaVAB:CONFIG[/SPLIT])')
     p.add_argument('--model', required=True, help='an embedded name, a local folder or an HF id')
     p.add_argument('--nation', help='nation code for files that carry none')
     p.add_argument('--variations', help='the variations table (CSV; default data/variations.csv)')
