@@ -12,7 +12,7 @@ import polars as pl
 from . import __version__
 from .settings import load_settings, repo_root, safe_name
 from .schema import atomic_write
-from .data import load_samples, read_opinions
+from .data import load_samples, read_opinions, release_part, release_nations, parse_release
 from .analysis import h, label
 
 # %% auto #0
@@ -32,7 +32,8 @@ def parse_samples(specs) -> dict:
 HK_FILES = ('human_statement_result.json', 'official_statement_result.json')
 
 def _in_folder(folder: Path, nation: str) -> list:
-    "The samples a folder holds for a nation: its extraction output (`<NATION>/samples.parquet`) or a per-nation file."
+    "The samples a folder holds for a nation: its extraction output (`<NATION>/samples.parquet`), a per-nation file, or its config of a NaVAB release name."
+    if part := release_part(folder, nation): return [part]
     for c in (folder/nation/'samples.parquet', folder/nation.lower()/'samples.parquet', folder/'extract'/nation/'samples.parquet',
               folder/f'{nation}.parquet', folder/f'{nation}.jsonl'):
         if c.is_file(): return [c]
@@ -51,7 +52,7 @@ def find_samples(nations, samples: dict | None = None, settings=None, shared: st
         if not files and n == 'CN' and not samples.get('*') and (shared/'navab-hk').is_dir():
             files = [shared/'navab-hk'/f for f in HK_FILES if (shared/'navab-hk'/f).is_file()]
         for f in files:
-            if not Path(f).exists(): raise ValueError(f"samples for {n}: {f} not found")
+            if not Path(f).exists() and not parse_release(f, n): raise ValueError(f"samples for {n}: {f} not found")
         found[n] = [Path(f) for f in files]
     return found
 
@@ -104,22 +105,23 @@ def run_dir(out, model: str, nation: str, method: str) -> Path:
     return Path(out)/'runs'/safe_name(label(model))/nation/method
 
 # %% ../nbs/10b_grid.ipynb #027d7c0a
-def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int):
+def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int, device: str = 'auto',
+            dtype: str = 'float32'):
     "Run `navab robustness` for a model on a nation's samples into `mc_dir/robustness` unless done with the same inputs."
     from navab.robustness import robustness, default_variations
     d = mc_dir/'robustness'
-    key = run_key(dict(model=_model_stamp(model), nation=nation, method='robustness', limit=limit, seed=seed), [samples_path, default_variations()])
+    key = run_key(dict(model=_model_stamp(model), nation=nation, method='robustness', limit=limit, seed=seed, dtype=dtype), [samples_path, default_variations()])
     if (d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file(): return d
     data = pl.read_parquet(samples_path)
     if not len(data): raise ValueError(f"{samples_path}: no samples for {nation}")
-    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=mc_dir/'cache', progress=False)
+    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=mc_dir/'cache', progress=False, device=device, dtype=dtype)
     atomic_write(d/'.grid-key', lambda t: t.write_text(key))
     return d
 
 # %% ../nbs/10b_grid.ipynb #24bbba53
 def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: int | None = None, aj_limit: int | None = None,
                   seed: int = 0, max_new_tokens: int = 32, opinions=None, batch_size: int = 16, robust_limit: int | None = None,
-                  opinions_limit: int | None = None) -> dict:
+                  opinions_limit: int | None = None, device: str = 'auto', dtype: str = 'float32') -> dict:
     "Evaluate a model on a nation's samples with each method (cached): {method: run folder}; `robustness` goes beside the MC run."
     from navab.evaluate import evaluate
     dirs = {}
@@ -129,13 +131,14 @@ def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: in
         src = opinions if m == 'opinions' else samples_path
         if m == 'opinions' and not src: continue
         if m == 'robustness':   # beside the MC run (its report shows it), sharing the MC run's score cache
-            _robust(model, nation, samples_path, run_dir(out, model, nation, 'mc'), lim, seed, batch_size); continue
-        key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens), [src])
+            _robust(model, nation, samples_path, run_dir(out, model, nation, 'mc'), lim, seed, batch_size, device, dtype); continue
+        key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, dtype=dtype), [src])
         if not ((d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file() and (d/'scores.parquet').is_file()):
             if m == 'opinions': data = read_opinions(src, [nation]).valid
             else: data = pl.read_parquet(src)
             if not len(data): raise ValueError(f"{src}: no {'opinion items' if m == 'opinions' else 'samples'} for {nation}")
-            evaluate(data, model, d, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+            evaluate(data, model, d, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False,
+                     device=device, dtype=dtype)
             atomic_write(d/'.grid-key', lambda t: t.write_text(key))
         dirs[m] = d
     return dirs
@@ -224,7 +227,7 @@ def _evaluate_job(job: dict, methods=None) -> dict:
     "Evaluate a job's model on its nation with `methods` (default: the job's own): {method: run folder}."
     return evaluate_pair(job['model'], job['nation'], job['samples'], methods or job['methods'], Path(job['out']), job.get('limit'), job.get('aj_limit'),
                          job.get('seed', 0), job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'),
-                         opinions_limit=job.get('opinions_limit'))
+                         opinions_limit=job.get('opinions_limit'), device=job.get('device', 'auto'), dtype=job.get('dtype', 'float32'))
 
 def _pair(job: dict) -> tuple:
     "A job's report name and the fields every record of it carries."
@@ -374,13 +377,16 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
              limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
              reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None,
-             executor: str = 'local', address: str | None = None, gpus_per_run: float = 0, retries: int = 2) -> Path:
+             executor: str = 'local', address: str | None = None, gpus_per_run: float = 0, retries: int = 2,
+             device: str = 'auto', dtype: str = 'auto') -> Path:
     "Evaluate and report every model x nation (papermill; in local processes or as Ray tasks), then the study report, then `out/index.html`: its path."
     if executor not in ('local', 'ray'): raise ValueError(f"executor {executor!r}: use 'local' or 'ray'")
     from tqdm.auto import tqdm
     S = load_settings(settings); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
     _clean_partials(out)
     reports = Path(reports) if reports else REPORTS
+    from navab.models import resolve_device, resolve_dtype
+    dtype = resolve_dtype(dtype, resolve_device(device))   # concrete, so a run's key says what it was scored in
     nations = [S.nation(n).code for n in nations]
     found, notes, jobs = find_samples(nations, samples, S), [], []
     for n in nations:
@@ -390,7 +396,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
         if not k: continue
         jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
                       opinions_limit=opinions_limit, max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
-                      no_input=no_input, timeout=timeout) for m in models]
+                      no_input=no_input, timeout=timeout, device=device, dtype=dtype) for m in models]
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
     if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")
     recs, bar = [], tqdm(total=len(jobs) + 1, desc='grid', disable=not progress)
@@ -420,11 +426,12 @@ def cmd_grid(a) -> int:
     S = load_settings(a.settings)
     split = lambda s: [x.strip() for x in s.split(',') if x.strip()] if s else None
     t0 = time.time()
-    idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or S.grid['nations'], parse_samples(a.samples),
+    rel = list(dict.fromkeys(n for s in a.samples if '=' not in s for n in release_nations(s)))   # a release name brings its nations
+    idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or rel or S.grid['nations'], parse_samples(a.samples),
                    split(a.methods) or S.grid['methods'], a.out, a.workers or S.grid['workers'], a.limit, a.seed if a.seed is not None else S.seed,
                    not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout,
                    robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, executor=a.executor, address=a.address,
-                   gpus_per_run=a.gpus_per_run, retries=a.retries)
+                   gpus_per_run=a.gpus_per_run, retries=a.retries, device=a.device, dtype=a.dtype)
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
         print(f"  {r['name']:<32} {r['status']:<7} {'(skipped) ' if r.get('skipped') else ''}{r.get('headline') if r['status'] == 'ok' else r.get('error')}")
@@ -438,7 +445,8 @@ def add_cli(sub):
     p = sub.add_parser('grid', help='evaluate every model x nation, run the papermill reports, publish HTML and index.html')
     p.add_argument('--models', help='comma-separated models (default: settings [grid] models)')
     p.add_argument('--nations', help='comma-separated nation codes (default: settings [grid] nations)')
-    p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation) or folders holding <NATION>/samples.parquet')
+    p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation), folders holding <NATION>/samples.parquet, or the released NaVAB by name '
+                   '(JadenGGGeee/NaVAB[:CONFIG[/SPLIT]]: every nation it holds, unless --nations says otherwise)')
     p.add_argument('--methods', help='comma-separated: mc, aj, opinions, robustness (default: settings [grid] methods)')
     p.add_argument('--opinions', help='GlobalOpinionQA file for the opinions method')
     p.add_argument('--workers', type=int, help='reports run in this many processes (default: settings [grid] workers)')
@@ -451,6 +459,8 @@ def add_cli(sub):
     p.add_argument('--opinions-limit', type=int, help='at most N GlobalOpinionQA items per opinions run')
     p.add_argument('--max-new-tokens', type=int, default=32, help='AJ answer length cap')
     p.add_argument('--seed', type=int); p.add_argument('--settings')
+    from navab.models import device_args
+    device_args(p)
     p.add_argument('--show-input', action='store_true', help='keep the code cells in the HTML (default: --no-input)')
     p.add_argument('--timeout', type=int, default=900, help='seconds a report cell may run')
     p.add_argument('--no-progress', action='store_true')

@@ -13,7 +13,7 @@ def _name(req: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     py = tomllib.loads((ROOT / 'pyproject.toml').read_text())
-    want = py['project']['dependencies'] + py['project']['optional-dependencies']['dev'] + py['tool']['navab']['no-deps']
+    want = py['project']['dependencies'] + sum(py['project']['optional-dependencies'].values(), []) + py['tool']['navab']['no-deps']
     env = yaml.safe_load((ROOT / 'environment.yml').read_text())
     pip = next(d['pip'] for d in env['dependencies'] if isinstance(d, dict) and 'pip' in d)
     assert 'python=3.11' in env['dependencies']
