@@ -74,6 +74,7 @@ bench: install
 	bash benchmarks/setup_lmeval.sh
 	benchmarks/.venv-lmeval/bin/python benchmarks/bench_lmeval.py --model smollm2-135m
 	nice -n 5 $(BIN)/python benchmarks/bench_extract.py --sizes 10000 100000
+	nice -n 5 $(BIN)/python benchmarks/bench_scale.py --articles 50000 --model smollm2-135m
 
 clean:
 	rm -rf reports/*.html runs
