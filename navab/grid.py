@@ -17,7 +17,8 @@ from .analysis import h, label
 
 # %% auto #0
 __all__ = ['HK_FILES', 'REPORTS', 'parse_samples', 'find_samples', 'nation_samples', 'file_hash', 'run_key', 'run_dir',
-           'evaluate_pair', 'to_html', 'execute_report', 'pair_job', 'write_index', 'run_grid', 'cmd_grid', 'add_cli']
+           'evaluate_pair', 'to_html', 'execute_report', 'pair_job', 'write_index', 'ray_start', 'run_grid', 'cmd_grid',
+           'add_cli']
 
 # %% ../nbs/10b_grid.ipynb #2f1cdc12
 def parse_samples(specs) -> dict:
@@ -317,15 +318,43 @@ def _ray_study(job: dict, runs: list) -> dict:
     _kill_point(job, 'study'); _in_cwd(job)
     return _study_job(Path(job['out']), runs, Path(job['template']), job['seed'], Path(job['settings']), job['no_input'], job['timeout'])
 
+# %% ../nbs/10b_grid.ipynb #18ec4fa8
+def _ray_children() -> list:
+    "This process's descendants that are Ray's (GCS, raylet, agents, workers)."
+    import psutil
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if 'ray' in ' '.join(p.cmdline()) or p.name().startswith(('ray', 'gcs_server', 'raylet')): out.append(p)
+        except psutil.Error: pass
+    return out
+
+def ray_start(address: str | None = None, num_cpus: int | None = None, tries: int = 3, **kw):
+    "Connect to a Ray cluster at `address` (or RAY_ADDRESS), else start a local instance; retried, and what a failed start left running is stopped."
+    import ray, psutil
+    local = address is None and not os.environ.get('RAY_ADDRESS')
+    opts = dict(include_dashboard=False, log_to_driver=False, **kw, **(dict(num_cpus=num_cpus) if local and num_cpus else {}))
+    for i in range(tries):
+        before = {p.pid for p in _ray_children()}
+        try: return ray.init(address=address, **opts)
+        except Exception as e:   # Ray 2.60's raylet gives its agents a fixed 15 s to start: a busy machine can miss it
+            ray.shutdown()
+            left = [p for p in _ray_children() if p.pid not in before]
+            for p in left:
+                try: p.kill()
+                except psutil.Error: pass
+            psutil.wait_procs(left, timeout=10)
+            err = e
+    raise RuntimeError(f"Ray did not start in {tries} tries ({'local instance' if local else address or os.environ['RAY_ADDRESS']}; "
+                       f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs): {type(err).__name__}: {str(err).splitlines()[0]}")
+
 # %% ../nbs/10b_grid.ipynb #bd3bf502
 def _ray_grid(jobs: list, study: dict, address: str | None = None, gpus_per_run: float = 0, retries: int = 2, workers: int = 1, bar=None) -> tuple:
     "Run the grid's jobs and then its study report as Ray tasks: (records of the runs, record of the study or None)."
     try: import ray
     except ImportError as e: raise ImportError("--executor ray needs Ray: pip install 'navab[ray]'") from e
     started = not ray.is_initialized()
-    if started:
-        local = address is None and not os.environ.get('RAY_ADDRESS')
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, **(dict(num_cpus=workers) if local and workers > 1 else {}))
+    if started: ray_start(address, num_cpus=workers if workers > 1 else None)
     try:
         extra = dict(cwd=os.getcwd(), kill=os.environ.get('NAVAB_FAULT_KILL', ''))
         ev = ray.remote(_ray_eval).options(num_cpus=1, num_gpus=gpus_per_run or 0, max_retries=retries)

@@ -21,19 +21,16 @@ def _de_samples(path: Path) -> Path:
 
 @pytest.fixture(scope='module')
 def ray_local():
-    "A local Ray instance on 2 CPUs for this module, shut down after it (three tries: see the skip message)."
+    "A local Ray instance on 2 CPUs for this module, shut down after it (navab.grid.ray_start: three tries, leftovers of a failed one stopped)."
     import ray.dashboard.agent, ray.dashboard.modules.reporter.reporter_agent   # noqa: F401  warm the agent's imports
-    for attempt in range(3):
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
-            break
-        except Exception as e:   # Ray 2.60's raylet waits a fixed 15 s for its agents' port files (ray/util/port_persistence.h)
-            ray.shutdown(); err = e
-    else:
-        pytest.skip(f"a local Ray instance did not start in 3 tries (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-                    f"the raylet gives its agents a fixed 15 s): {type(err).__name__}: {str(err).splitlines()[0]}")
+    from navab.grid import ray_start, _ray_children
+    try: ray_start(num_cpus=2, object_store_memory=100 * 2**20)
+    except RuntimeError as e: pytest.skip(f"{e} (Ray 2.60's raylet gives its agents a fixed 15 s; this machine is too busy for that now)")
     yield ray
     ray.shutdown()
+    import psutil
+    gone, alive = psutil.wait_procs(_ray_children(), timeout=15)   # Ray stops its processes itself; stop any straggler
+    for p in alive: p.kill()
 
 
 def _records(out: Path) -> dict:
