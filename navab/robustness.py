@@ -16,8 +16,8 @@ from .schema import atomic_write
 
 # %% auto #0
 __all__ = ['VARIATION_FIELDS', 'PERSONA', 'NATION_NAMES', 'default_variations', 'load_variations', 'persona', 'variation_prompts',
-           'variation_requests', 'format_test', 'flip_table', 'robustness', 'robustness_section', 'cmd_robustness',
-           'add_cli']
+           'variation_requests', 'format_test', 'flip_table', 'robustness', 'robustness_section', 'show_robustness',
+           'cmd_robustness', 'add_cli']
 
 # %% ../nbs/10_robustness.ipynb #152cd13f
 VARIATION_FIELDS = {'option_order': ('seeded', 's_first', 'rs_first'), 'labels': ('A/B', '1/2', 'text'),
@@ -246,6 +246,33 @@ def robustness_section(folder: str | Path) -> dict:
             f"Format effect larger than chance? permutation test p = {ft['p_value']:.4f} ({ft['n_permutations']} within-sample shuffles)"
             + (f"; Cochran's Q = {ft['cochran_q']:.2f}, df {ft['cochran_df']}, p = {ft['cochran_p']:.4f}." if ft['cochran_q'] is not None else '.')]
     return dict(summary=s, variations=pl.read_parquet(d/'variations.parquet'), flips=pl.read_parquet(d/'flips.parquet'), text=text)
+
+# %% ../nbs/10_robustness.ipynb #0acbad7a
+def show_robustness(dirs, seed: int = 0) -> list:
+    "Show the robustness results found beside run folders (`DIR/robustness/`): stable-decision share, accuracy per variation with CI."
+    import os
+    from navab.analysis import show, heading, show_fig, plot_ci, _fmt
+    found = [Path(d)/'robustness' for d in dirs if (Path(d)/'robustness'/'summary.json').is_file()]
+    if not found:
+        show('No robustness runs for these runs (navab robustness --out RUN_DIR/robustness writes them).'); return []
+    for r in found:
+        heading(f'Robustness: {Path(os.path.relpath(r.parent, Path.cwd()))}', 3)
+        try: sec = robustness_section(r)
+        except Exception as e:   # an unfinished or older robustness folder: show what is there
+            show(f"{type(e).__name__}: {e}")
+            s = json.loads((r/'summary.json').read_text(encoding='utf-8'))
+            flat = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
+            show(pl.DataFrame(dict(key=list(flat), value=[_fmt(v) for v in flat.values()])), f"summary.json (n = {s.get('n_samples', s.get('n', '?'))} samples)")
+            continue
+        for line in sec['text']: show(line)
+        v = sec['variations']
+        cols = [c for c in ('name', 'status', 'n', 'accuracy', 'ci_low', 'ci_high', 'n_ties', 'reason') if c in v.columns]
+        show(v.select(cols), f"accuracy per prompt variation with bootstrap 95% CI (n = samples per variation; {len(v)} variations)")
+        ok = v.filter(pl.col('status') == 'ok') if 'status' in v.columns else v
+        if len(ok) and {'accuracy', 'ci_low', 'ci_high', 'n'} <= set(ok.columns):
+            ax = plot_ci(ok, 'name', title=f"accuracy per variation; stable-decision share {sec['summary']['stable_share']:.2f} (n = {sec['summary']['n_samples']})")
+            show_fig(ax.figure)
+    return found
 
 # %% ../nbs/10_robustness.ipynb #0d10a984
 def _read_samples(paths, nation, out, limit: int | None = None) -> pl.DataFrame:
