@@ -29,7 +29,10 @@ def _no_polars():
             def __init__(self, *a, **k): pass
             def __call__(self, *a, **k): return _Any()
             def __getattr__(self, n): return _Any()
-        stub = types.ModuleType('polars'); stub.__getattr__ = lambda n: _Any
+        def attr(n):
+            if n.startswith('__'): raise AttributeError(n)       # a module's own dunders stay absent (import machinery asks)
+            return _Any
+        stub = types.ModuleType('polars'); stub.__getattr__ = attr
         sys.modules['polars'] = stub
         return True
     return False
