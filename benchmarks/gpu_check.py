@@ -118,6 +118,11 @@ def _matmul_rate(device: str, dtype, n: int = 8192, reps: int = 20) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
+def _rate(x: float) -> str:
+    "FLOP/s in readable units."
+    return f"{x / 1e12:.1f} TFLOP/s" if x >= 1e12 else f"{x / 1e9:.1f} GFLOP/s"
+
+
 def _sync(device):
     import torch
     if str(device).startswith('cuda'): torch.cuda.synchronize()
@@ -150,7 +155,7 @@ def check(refs, device: str, batch_size: int, weights: str | None, out: Path | N
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, Python {sys.version.split()[0]}; device {device} -> {dev}, "
           f"auto dtype {resolve_dtype('auto', dev)}" + (f"; GPU {torch.cuda.get_device_name(dev)}" if dev.startswith('cuda') else ''))
     peak = _matmul_rate(dev, torch.bfloat16 if dev.startswith('cuda') else torch.float32, n=8192 if dev.startswith('cuda') else 1024, reps=20 if dev.startswith('cuda') else 3)
-    print(f"measured matmul rate ({'bf16' if dev.startswith('cuda') else 'fp32'}): {peak / 1e12:.1f} TFLOP/s (the floor any engine's FLOP/s is read against)")
+    print(f"measured matmul rate ({'bf16' if dev.startswith('cuda') else 'fp32'}): {_rate(peak)} (the floor any engine's FLOP/s is read against)")
     results = []
     for f in refs:
         ref = json.loads(gzip.decompress(Path(f).read_bytes()))
@@ -171,7 +176,7 @@ def check(refs, device: str, batch_size: int, weights: str | None, out: Path | N
             row[name] = dict(max_abs_logprob_diff=d, decisions_same=same, seconds=sec, tokens_fed=fed, flops=flops, flops_per_s=flops / sec,
                              share_of_peak=flops / sec / peak)
             print(f"  {name} on {dev}: max |logprob - CPU fp32| {d:.2e}, MC decisions identical {same:.1%}, {sec:.2f} s, "
-                  f"{fed:,} tokens fed, {flops / sec / 1e12:.2f} TFLOP/s = {flops / sec / peak:.1%} of the measured {'bf16' if dev.startswith('cuda') else 'fp32'} matmul rate")
+                  f"{fed:,} tokens fed, {_rate(flops / sec)} = {flops / sec / peak:.1%} of the measured {'bf16' if dev.startswith('cuda') else 'fp32'} matmul rate")
         results.append(row)
         model.to('cpu'); del model
         if dev.startswith('cuda'): torch.cuda.empty_cache()
