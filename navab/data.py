@@ -13,8 +13,9 @@ from .settings import load_settings, repo_root
 from .schema import validate_records, quarantine_frame, Checked, combine, _raw
 
 # %% auto #0
-__all__ = ['FORMATS', 'MAX_LINE', 'NAVAB_RELEASE', 'RELEASE_CONFIGS', 'RELEASE_SPLITS', 'read_records', 'article_id',
-           'load_articles', 'source_type_of', 'read_navab', 'navab_records', 'Release', 'parse_release', 'load_release',
+__all__ = ['FORMATS', 'MAX_LINE', 'STREAM_EXT', 'NAVAB_RELEASE', 'RELEASE_CONFIGS', 'RELEASE_SPLITS', 'read_records',
+           'article_id', 'load_articles', 'corpus_files', 'iter_records', 'stream_articles', 'write_partitions',
+           'source_type_of', 'read_navab', 'navab_records', 'Release', 'parse_release', 'load_release',
            'release_nations', 'release_part', 'load_samples', 'read_opinions']
 
 # %% ../nbs/02_data.ipynb #d29352e1
@@ -167,6 +168,98 @@ def load_articles(path: str | Path, nation: str | None = None, mapping: dict | N
         n_in = len(recs) + len({b_['row'] for b_ in b})
         checks.append(validate_records(recs, 'articles', str(f), 'articles', tuple(S.nations), prior=quarantine_frame(b), n_in=n_in, seen=seen))
     return combine(checks, str(path))
+
+# %% ../nbs/02_data.ipynb #6ba6e676
+STREAM_EXT = ('.parquet', '.jsonl', '.ndjson')
+
+def _is_pattern(s: str) -> bool:
+    "Whether a corpus spec is a URL or a glob rather than a plain local path."
+    return '://' in s or any(c in s for c in '*?[')
+
+def corpus_files(corpus) -> list:
+    "The data files of a corpus given as a file, a folder, a glob or an fsspec URL: sorted local paths or URLs."
+    s = str(corpus)
+    if not _is_pattern(s):
+        p = Path(s).expanduser()
+        if not p.exists(): raise FileNotFoundError(f"{s}: no such file or folder")
+        return [str(f) for f in _files(p)]
+    import fsspec
+    fs, _, paths = fsspec.core.get_fs_token_paths(s)
+    found = []
+    for p in paths:
+        if fs.isdir(p): found += [q for q in fs.find(p) if q.lower().endswith(STREAM_EXT)]
+        elif fs.isfile(p): found.append(p)
+    if not found: raise FileNotFoundError(f"{s}: matches no data files ({', '.join(STREAM_EXT)})")
+    return sorted(fs.unstrip_protocol(p) if '://' in s else p for p in set(found))
+
+# %% ../nbs/02_data.ipynb #4bc8bbfa
+def _jsonl_batches(f: str, fh, batch: int):
+    "Batches of `(records, quarantine rows)` of an open JSONL file, as `_jsonl` reads them."
+    recs, bad = [], []
+    for i, line, n in _lines(fh, MAX_LINE):
+        if line is None: bad.append(_q(f, i, f"line of {n:,} bytes is longer than the {MAX_LINE:,}-byte limit (navab.data.MAX_LINE)"))
+        elif line.strip():
+            try: s = line.decode('utf-8')
+            except UnicodeDecodeError as e:
+                bad.append(_q(f, i, f"not UTF-8 (byte {e.start}: {line[e.start:e.start+1]!r})", line[:200].decode('utf-8', 'replace'))); continue
+            try: recs.append((i, json.loads(s)))
+            except json.JSONDecodeError as e: bad.append(_q(f, i, f"invalid JSON: {e.msg} at column {e.colno}", s[:500]))
+        if len(recs) + len(bad) >= batch: yield recs, bad; recs, bad = [], []
+    if recs or bad: yield recs, bad
+
+def iter_records(f: str, batch: int = 20_000):
+    "`(records, quarantine rows)` of one file (local path or fsspec URL) in batches of about `batch` rows: Parquet and JSONL stream, other formats are read whole."
+    import fsspec
+    low = str(f).lower()
+    if not low.endswith(STREAM_EXT): yield read_records(f); return
+    with fsspec.open(str(f), 'rb') as fh:
+        if low.endswith('.parquet'):
+            import pyarrow.parquet as pq
+            i = 0
+            for b in pq.ParquetFile(fh).iter_batches(batch_size=batch):
+                rows = b.to_pylist(); yield list(enumerate(rows, i + 1)), []; i += len(rows)
+        else: yield from _jsonl_batches(str(f), fh, batch)
+
+# %% ../nbs/02_data.ipynb #c7b01aab
+def stream_articles(corpus, nation: str | None = None, mapping: dict | None = None, settings=None, batch: int = 20_000):
+    "The articles of a corpus (file, folder, glob or URL) as validated batches: one `Checked` per batch, ids unique across the corpus."
+    S = settings or load_settings()
+    if nation: nation = S.nation(nation).code
+    seen = {}
+    for f in corpus_files(corpus):
+        for r, b in iter_records(f, batch):
+            recs = [(i, _prepare_article(x, mapping or {}, nation, S.langs)) for i, x in r]
+            yield validate_records(recs, 'articles', f, 'articles', tuple(S.nations), prior=quarantine_frame(b),
+                                   n_in=len(recs) + len({x['row'] for x in b}), seen=seen)
+
+# %% ../nbs/02_data.ipynb #28729a70
+def write_partitions(corpus, out, nation: str | None = None, key: str = '', settings=None, batch: int = 20_000, progress: bool = False) -> dict:
+    "Stream a corpus into Parquet partitioned by nation and shard under `out` (bounded memory); counts per nation, skipped when `key` matches."
+    import shutil
+    from tqdm.auto import tqdm
+    from navab.schema import atomic_write
+    out = Path(out); man = out/'_manifest.json'
+    if key and man.is_file():
+        m = json.loads(man.read_text(encoding='utf-8'))
+        if m.get('key') == key and m.get('batch') == batch: return m
+    if out.exists(): shutil.rmtree(out)
+    out.mkdir(parents=True)
+    files = {f: i for i, f in enumerate(corpus_files(corpus))}
+    counts, n, q, k, prev = {}, 0, 0, 0, None
+    bar = tqdm(desc='partition', unit=' rows', disable=not progress)
+    for c in stream_articles(corpus, nation, settings=settings, batch=batch):
+        fi = files[c.file]
+        k, prev = (k + 1 if fi == prev else 0), fi
+        name = f'part-{fi:05d}-{k:05d}.parquet'
+        for (nat,), g in c.valid.group_by('nation', maintain_order=True):
+            atomic_write(out/f'nation={nat}'/name, lambda t: g.write_parquet(t))
+            counts[nat] = counts.get(nat, 0) + len(g)
+        if len(c.quarantine): atomic_write(out/'_quarantine'/name, lambda t: c.quarantine.write_parquet(t))
+        n += c.n_in; q += c.counts['quarantined']; bar.update(c.n_in)
+    bar.close()
+    m = dict(key=key, batch=batch, files=len(files), **{'in': n}, out=sum(counts.values()), quarantined=q, nations=counts)
+    atomic_write(man, lambda t: Path(t).write_text(json.dumps(m, indent=1), encoding='utf-8'))
+    return m
 
 # %% ../nbs/02_data.ipynb #2209c5e7
 def _verdict(s) -> str | None:

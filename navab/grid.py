@@ -6,7 +6,7 @@ papermill report per model x nation and one study report over all runs, publish 
 
 # %% ../nbs/10b_grid.ipynb #3dd0325f
 from __future__ import annotations
-import hashlib, json, os, re, sys, time, traceback
+import fnmatch, hashlib, json, os, re, sys, time, traceback
 from pathlib import Path
 import polars as pl
 from . import __version__
@@ -17,8 +17,8 @@ from .analysis import h, label
 
 # %% auto #0
 __all__ = ['HK_FILES', 'REPORTS', 'ALIGN_DEFAULTS', 'parse_samples', 'find_samples', 'nation_samples', 'file_hash', 'run_key',
-           'run_dir', 'evaluate_pair', 'to_html', 'execute_report', 'pair_job', 'align_job', 'write_index', 'run_grid',
-           'cmd_grid', 'add_cli']
+           'run_dir', 'evaluate_pair', 'to_html', 'execute_report', 'pair_job', 'align_job', 'write_index', 'ray_start',
+           'run_grid', 'cmd_grid', 'add_cli']
 
 # %% ../nbs/10b_grid.ipynb #2f1cdc12
 def parse_samples(specs) -> dict:
@@ -224,28 +224,44 @@ def _report(out: Path, name: str, template: Path, params: dict, inputs: list, ba
                seconds=round(time.time() - t0, 2), **r)
     return dict(_save(out, rec), skipped=False)
 
-def pair_job(job: dict) -> dict:
-    "Evaluate one model on one nation (each method) and run its report: the job's record (never raises)."
+def _evaluate_job(job: dict, methods=None) -> dict:
+    "Evaluate a job's model on its nation with `methods` (default: the job's own): {method: run folder}."
+    return evaluate_pair(job['model'], job['nation'], job['samples'], methods or job['methods'], Path(job['out']), job.get('limit'), job.get('aj_limit'),
+                         job.get('seed', 0), job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'),
+                         opinions_limit=job.get('opinions_limit'), device=job.get('device', 'auto'), dtype=job.get('dtype', 'float32'))
+
+def _pair(job: dict) -> tuple:
+    "A job's report name and the fields every record of it carries."
+    return f"run-{safe_name(label(job['model']))}-{job['nation']}", dict(kind='run', model=label(job['model']), nation=job['nation'])
+
+def _failed(out: Path, name: str, base: dict, error: str) -> dict:
+    "Save and return a failed record."
+    return dict(_save(Path(out), dict(base, name=name, status='failed', error=error, headline='', html='', ipynb='', key='')), skipped=False)
+
+def _report_job(job: dict, dirs: dict) -> dict:
+    "Run a job's report over its evaluated run folders: its record, with the runs it rests on (never raises)."
     out, model, nation = Path(job['out']), job['model'], job['nation']
-    name = f"run-{safe_name(label(model))}-{nation}"
-    base = dict(kind='run', model=label(model), nation=nation)
-    try:
-        dirs = evaluate_pair(model, nation, job['samples'], job['methods'], out, job.get('limit'), job.get('aj_limit'), job.get('seed', 0),
-                             job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'),
-                             opinions_limit=job.get('opinions_limit'), device=job.get('device', 'auto'), dtype=job.get('dtype', 'float32'))
-    except Exception as e:
-        msg = f"evaluate: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-        return dict(_save(out, dict(base, name=name, status='failed', error=msg, headline='', html='', ipynb='', key='')), skipped=False, runs=[])
+    name, base = _pair(job)
     rel = {m: os.path.relpath(d, out) for m, d in dirs.items()}
     params = dict(model=label(model), nation=nation, samples=os.path.relpath(job['samples'], out), runs=rel, seed=job.get('seed', 0))
     inputs = [job['samples']] + [Path(d)/f for d in dirs.values() for f in ('scores.parquet', 'summary.json', 'robustness/summary.json',
                                                                             'robustness/variations.parquet', 'robustness/flips.parquet')]
     try: rec = _report(out, name, job['template'], params, inputs, base, job.get('no_input', True), job.get('timeout', 900), f"navab: {label(model)} x {nation}")
-    except Exception as e:
-        rec = dict(_save(out, dict(base, name=name, status='failed', error=f"{type(e).__name__}: {e}"[:300], headline='', html='', ipynb='', key='')), skipped=False)
+    except Exception as e: rec = _failed(out, name, base, f"{type(e).__name__}: {e}"[:300])
     return dict(rec, runs=[dict(model=model, nation=nation, method=m, dir=str(d)) for m, d in dirs.items()])
 
-# %% ../nbs/10b_grid.ipynb #c36faf3d
+def _first(e: Exception) -> str:
+    "An exception as one short line."
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+def pair_job(job: dict) -> dict:
+    "Evaluate one model on one nation (each method) and run its report: the job's record (never raises)."
+    name, base = _pair(job)
+    try: dirs = _evaluate_job(job)
+    except Exception as e: return dict(_failed(job['out'], name, base, f"evaluate: {_first(e)}"), runs=[])
+    return _report_job(job, dirs)
+
+# %% ../nbs/10b_grid.ipynb #0d484598
 ALIGN_DEFAULTS = dict(steps=20, batch_size=4, lr=1e-4, max_length=128, methods=['mc'], save_steps=10)
 
 def align_job(job: dict) -> dict:
@@ -288,6 +304,106 @@ def write_index(out: str | Path, records: list, notes: list = (), title: str = '
             + (f'<h2>Notes</h2><ul>{note}</ul>' if note else '') + '</body></html>')
     return _public(atomic_write(out/'index.html', lambda t: t.write_text(page, encoding='utf-8')))
 
+# %% ../nbs/10b_grid.ipynb #c876645e
+def _kill_point(job: dict, name: str):
+    "Fault injection for tests: end this process abruptly when the job's `kill` spec (`PATTERN[@MARKER]`) matches the task name."
+    pat, _, once = (job.get('kill') or '').partition('@')
+    if not pat or not fnmatch.fnmatchcase(name, pat): return
+    if once:
+        if Path(once).exists(): return
+        Path(once).write_text(name)
+    os._exit(3)
+
+def _in_cwd(job: dict):
+    "Work in the driver's folder (relative model and sample paths mean the same on a worker) when this node has it."
+    if job.get('cwd') and Path(job['cwd']).is_dir(): os.chdir(job['cwd'])
+
+# %% ../nbs/10b_grid.ipynb #d020b1c9
+def _ray_eval(job: dict, method: str, *after) -> dict:
+    "Ray task: evaluate one model x nation x method (after the tasks in `after`): {'dirs': {method: folder}} or {'error': ...}."
+    _kill_point(job, f"eval-{safe_name(label(job['model']))}-{job['nation']}-{method}"); _in_cwd(job)
+    try: return dict(dirs={m: str(d) for m, d in _evaluate_job(job, [method]).items()})
+    except Exception as e: return dict(error=f"evaluate: {_first(e)}")
+
+def _ray_report(job: dict, *evals) -> dict:
+    "Ray task: the run report of one model x nation over its evaluations' results: its record (the evaluate error when one failed)."
+    name, base = _pair(job)
+    _kill_point(job, name); _in_cwd(job)
+    err = [e['error'] for e in evals if 'error' in e]
+    if err: return dict(_failed(job['out'], name, base, err[0]), runs=[])
+    dirs = {m: d for e in evals for m, d in e['dirs'].items()}
+    return _report_job(job, {m: Path(dirs[m]) for m in job['methods'] if m in dirs})   # the job's method order, as in-process
+
+def _ray_study(job: dict, runs: list) -> dict:
+    "Ray task: the study report over all runs: its record."
+    _kill_point(job, 'study'); _in_cwd(job)
+    return _study_job(Path(job['out']), runs, Path(job['template']), job['seed'], Path(job['settings']), job['no_input'], job['timeout'])
+
+# %% ../nbs/10b_grid.ipynb #18ec4fa8
+def _ray_children() -> list:
+    "This process's descendants that are Ray's (GCS, raylet, agents, workers)."
+    import psutil
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if 'ray' in ' '.join(p.cmdline()) or p.name().startswith(('ray', 'gcs_server', 'raylet')): out.append(p)
+        except psutil.Error: pass
+    return out
+
+def ray_start(address: str | None = None, num_cpus: int | None = None, tries: int = 3, **kw):
+    "Connect to a Ray cluster at `address` (or RAY_ADDRESS), else start a local instance; retried, and what a failed start left running is stopped."
+    import ray, psutil
+    local = address is None and not os.environ.get('RAY_ADDRESS')
+    opts = dict(include_dashboard=False, log_to_driver=False, **kw, **(dict(num_cpus=num_cpus) if local and num_cpus else {}))
+    for i in range(tries):
+        before = {p.pid for p in _ray_children()}
+        try: return ray.init(address=address, **opts)
+        except Exception as e:   # Ray 2.60's raylet gives its agents a fixed 15 s to start: a busy machine can miss it
+            ray.shutdown()
+            left = [p for p in _ray_children() if p.pid not in before]
+            for p in left:
+                try: p.kill()
+                except psutil.Error: pass
+            psutil.wait_procs(left, timeout=10)
+            err = e
+    raise RuntimeError(f"Ray did not start in {tries} tries ({'local instance' if local else address or os.environ['RAY_ADDRESS']}; "
+                       f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs): {type(err).__name__}: {str(err).splitlines()[0]}")
+
+# %% ../nbs/10b_grid.ipynb #bd3bf502
+def _ray_grid(jobs: list, study: dict, address: str | None = None, gpus_per_run: float = 0, retries: int = 2, workers: int = 1, bar=None) -> tuple:
+    "Run the grid's jobs and then its study report as Ray tasks: (records of the runs, record of the study or None)."
+    try: import ray
+    except ImportError as e: raise ImportError("--executor ray needs Ray: pip install 'navab[ray]'") from e
+    started = not ray.is_initialized()
+    if started: ray_start(address, num_cpus=workers if workers > 1 else None)
+    try:
+        extra = dict(cwd=os.getcwd(), kill=os.environ.get('NAVAB_FAULT_KILL', ''))
+        ev = ray.remote(_ray_eval).options(num_cpus=1, num_gpus=gpus_per_run or 0, max_retries=retries)
+        rp = ray.remote(_ray_report).options(num_cpus=1, max_retries=retries)
+        refs = {}
+        for j in jobs:
+            j, ms = dict(j, **extra), {}
+            for m in sorted(j['methods'], key=lambda m: m != 'mc'):   # MC first: robustness waits for it
+                ms[m] = ev.remote(j, m, *([ms['mc']] if m == 'robustness' and 'mc' in ms else []))
+            refs[rp.remote(j, *ms.values())] = j
+        recs, todo = [], list(refs)
+        while todo:
+            (ref,), todo = ray.wait(todo, num_returns=1)
+            try: r = ray.get(ref)
+            except Exception as e:   # the task (or one it waited for) was lost for good: the worker died more than `retries` times
+                name, base = _pair(refs[ref]); r = dict(_failed(refs[ref]['out'], name, base, f"ray: {_first(e)}"), runs=[])
+            recs.append(r)
+            if bar is not None: bar.update(); bar.set_postfix_str(f"{r['name']}: {r['status']}")
+        runs, srec = [x for r in recs for x in r.get('runs', [])], None
+        if runs:
+            s = dict(study, **extra)
+            try: srec = ray.get(ray.remote(_ray_study).options(num_cpus=1, max_retries=retries).remote(s, runs))
+            except Exception as e:
+                srec = _failed(s['out'], 'study', dict(kind='study', model='', nation=''), f"ray: {_first(e)}")
+        return recs, srec
+    finally:
+        if started: ray.shutdown()
+
 # %% ../nbs/10b_grid.ipynb #0cf7a3ee
 def _clean_partials(out: Path):
     "Remove the hidden partial files a killed grid may have left (atomic writes and papermill outputs)."
@@ -311,8 +427,10 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
              limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
              reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None,
+             executor: str = 'local', address: str | None = None, gpus_per_run: float = 0, retries: int = 2,
              device: str = 'auto', dtype: str = 'auto', align_options: dict | None = None) -> Path:
-    "Evaluate and report every model x nation (papermill), then the study report, then `out/index.html`: its path."
+    "Evaluate and report every model x nation (papermill; in local processes or as Ray tasks), then the study report, then `out/index.html`: its path."
+    if executor not in ('local', 'ray'): raise ValueError(f"executor {executor!r}: use 'local' or 'ray'")
     from tqdm.auto import tqdm
     S = load_settings(settings); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
     _clean_partials(out)
@@ -334,7 +452,10 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")
     ajobs = [dict(j, align_options=align_options, template=str(reports/'align.ipynb')) for j in jobs] if aligns else []
     recs, bar = [], tqdm(total=len(jobs) + len(ajobs) + 1, desc='grid', disable=not progress)
-    if workers > 1 and len(jobs) > 1:
+    if executor == 'ray':
+        recs, study = _ray_grid(jobs, dict(out=str(out), template=str(reports/'study.ipynb'), seed=seed, settings=str(S.path), no_input=no_input,
+                                           timeout=timeout), address, gpus_per_run, retries, workers, bar)
+    elif workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context('spawn')) as ex:
@@ -344,8 +465,9 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
         for j in jobs:
             recs.append(pair_job(j)); bar.update(); bar.set_postfix_str(f"{recs[-1]['name']}: {recs[-1]['status']}")
     for j in ajobs: recs.append(align_job(j)); bar.update()
-    runs = [r for rec in recs for r in rec.get('runs', [])]
-    study = _study_job(out, runs, reports/'study.ipynb', seed, S.path, no_input, timeout) if runs else None
+    if executor == 'local':
+        runs = [r for rec in recs for r in rec.get('runs', [])]
+        study = _study_job(out, runs, reports/'study.ipynb', seed, S.path, no_input, timeout) if runs else None
     bar.update(); bar.close()
     recs = [{k: v for k, v in r.items() if k != 'runs'} for r in recs] + ([study] if study else [])
     atomic_write(out/'grid.json', lambda t: t.write_text(json.dumps(dict(records=recs, notes=notes), indent=1, default=str), encoding='utf-8'))
@@ -361,7 +483,8 @@ def cmd_grid(a) -> int:
     idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or rel or S.grid['nations'], parse_samples(a.samples),
                    split(a.methods) or S.grid['methods'], a.out, a.workers or S.grid['workers'], a.limit, a.seed if a.seed is not None else S.seed,
                    not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout,
-                   robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, device=a.device, dtype=a.dtype,
+                   robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, executor=a.executor, address=a.address,
+                   gpus_per_run=a.gpus_per_run, retries=a.retries, device=a.device, dtype=a.dtype,
                    align_options=dict(steps=a.align_steps) if a.align_steps else None)
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
@@ -382,6 +505,10 @@ def add_cli(sub):
     p.add_argument('--align-steps', type=int, help='DPO steps of each align run (default navab.grid.ALIGN_DEFAULTS)')
     p.add_argument('--opinions', help='GlobalOpinionQA file for the opinions method')
     p.add_argument('--workers', type=int, help='reports run in this many processes (default: settings [grid] workers)')
+    p.add_argument('--executor', choices=('local', 'ray'), default='local', help='local processes (default) or Ray tasks (pip install navab[ray])')
+    p.add_argument('--address', help='Ray cluster address (default: RAY_ADDRESS, else a local Ray instance for this grid)')
+    p.add_argument('--gpus-per-run', type=float, default=0, help='GPUs Ray reserves for each evaluation task')
+    p.add_argument('--retries', type=int, default=2, help='Ray: times a task whose worker died is retried')
     p.add_argument('--limit', type=int, help='at most N samples per run'); p.add_argument('--aj-limit', type=int, help='at most N samples per AJ run')
     p.add_argument('--robustness-limit', type=int, help='at most N samples per robustness run')
     p.add_argument('--opinions-limit', type=int, help='at most N GlobalOpinionQA items per opinions run')
