@@ -74,23 +74,24 @@ def validate_sample(question: str, statement: str, reverse: str, lang: str, near
     return None
 
 # %% ../nbs/08d_samples.ipynb #fe3c0b3b
-REVERSAL = dict(neg_span=8, slack=0.05, restate=0.95, question_support=0.3, min_votes=1)
+REVERSAL = dict(neg_span=8, slack=0.05, added=4, restate=0.95, question_support=0.3, min_votes=1)
 
 def _unmatched(a: str, b: str) -> int:
     "Characters of `a` (after `_norm`) outside its longest common blocks with `b` (difflib): 0 when `a` is `b` with pieces removed."
     x, y = _norm(a), _norm(b)
     return len(x) - sum(m.size for m in difflib.SequenceMatcher(None, x, y, autojunk=False).get_matching_blocks())
 
-def reversal_form(statement: str, reverse: str, lang: str, neg_span: int = REVERSAL['neg_span'], slack: float = REVERSAL['slack'],
+def reversal_form(statement: str, reverse: str, lang: str, neg_span: int = REVERSAL['neg_span'], slack: float = REVERSAL['slack'], added: int = REVERSAL['added'],
                   restate: float = REVERSAL['restate']) -> str | None:
     "Why RS cannot reverse S by its form alone (a restatement, or a truncation: a part of S, or S less a clause), else None."
     s, r = _norm(statement), _norm(reverse)
     if r == s: return "restatement: reverse_statement equals the statement"
     neg_changed = negations(statement, lang) != negations(reverse, lang)
     shorter = len(s) - len(r)
-    if r and _unmatched(reverse, statement) <= max(2, slack * len(r)) and shorter > 0 and not (neg_changed and shorter <= neg_span):
+    more_neg = negations(reverse, lang) > negations(statement, lang)
+    if r and shorter > 0 and _unmatched(reverse, statement) <= max(1, slack * len(r)) and not more_neg and not (neg_changed and shorter <= neg_span):
         return f"truncation: reverse_statement is the statement with {shorter} characters removed, not its opposite"
-    if not neg_changed and len(r) > len(s) and _unmatched(statement, reverse) <= max(2, slack * len(s)):
+    if not neg_changed and len(r) - len(s) >= added and _unmatched(statement, reverse) <= max(1, slack * len(s)):
         return f"restatement: reverse_statement is the statement with {len(r) - len(s)} characters added, no negation changed"
     if (c := copy_ratio(reverse, statement)) >= restate and not neg_changed:
         return f"restatement: reverse_statement rewords the statement (ratio {c:.2f}) without changing a negation"

@@ -43,7 +43,7 @@ TRUNC = [("Le travail doit permettre de vivre dignement, et non de survivre d'un
          ("Die Stadt muss die Bibliothek erhalten, weil Bildung allen gehört.", "Die Stadt muss die Bibliothek erhalten.", 'de'),
          ("政府应当增加公共房屋供应，让市民安居乐业。", "政府应当增加公共房屋供应。", 'zh')]
 RESTATE = [("Taxes should rise.", "Taxes should rise!", 'en'), ("Il faut protéger les forêts.", "Il faut vraiment protéger les forêts.", 'fr'),
-           ("Wohnen ist ein Grundrecht.", "Wohnen ist wirklich ein Grundrecht.", 'de'), ("应当保护环境。", "应当好好保护环境。", 'zh')]
+           ("Wohnen ist ein Grundrecht.", "Wohnen ist wirklich ein Grundrecht.", 'de'), ("应当保护环境。", "应当更加努力地保护环境。", 'zh')]
 NEGATED = [("Taxes should rise.", "Taxes should not rise.", 'en'), ("Il faut protéger les forêts.", "Il ne faut pas protéger les forêts.", 'fr'),
            ("Wohnen ist ein Grundrecht.", "Wohnen ist kein Grundrecht.", 'de'), ("政府应当提高税收。", "政府不应当提高税收。", 'zh'),
            ("政府不应当提高税收。", "政府应当提高税收。", 'zh'), ("The city should not close libraries.", "The city should close libraries.", 'en')]
