@@ -6,14 +6,16 @@ survey distributions, each validated against its contract with bad rows quaranti
 # %% ../nbs/02_data.ipynb #791e82b6
 from __future__ import annotations
 import csv, hashlib, io, json, re
+from dataclasses import dataclass
 from pathlib import Path
 import polars as pl
 from .settings import load_settings, repo_root
 from .schema import validate_records, quarantine_frame, Checked, combine, _raw
 
 # %% auto #0
-__all__ = ['FORMATS', 'MAX_LINE', 'read_records', 'article_id', 'load_articles', 'source_type_of', 'read_navab', 'load_samples',
-           'read_opinions']
+__all__ = ['FORMATS', 'MAX_LINE', 'NAVAB_RELEASE', 'RELEASE_CONFIGS', 'RELEASE_SPLITS', 'read_records', 'article_id',
+           'load_articles', 'source_type_of', 'read_navab', 'navab_records', 'Release', 'parse_release', 'load_release',
+           'release_nations', 'release_part', 'load_samples', 'read_opinions']
 
 # %% ../nbs/02_data.ipynb #d29352e1
 FORMATS = ('jsonl', 'json', 'csv', 'parquet', 'hf')
@@ -189,12 +191,13 @@ def source_type_of(path: str | Path, source: str | None) -> str:
     return 'official' if (source or '').strip().lower() in ('', 'unknown', 'none') else 'quoted'
 
 # %% ../nbs/02_data.ipynb #d34f409e
-def _navab_row(path, i, r, nation, lang, kind):
-    "One upstream record as a navab sample (kind='samples') or statement (kind='statements'); None values when absent."
+def _navab_row(path, i, r, nation, lang, kind, st=None, sid=None):
+    "One upstream record as a navab sample (kind='samples') or statement (kind='statements'); None values when absent; `st`, `sid`: a dataset split's source type and row id."
     g = lambda k: r.get(k).strip() if isinstance(r.get(k), str) else r.get(k)
-    st = source_type_of(path, g('source')) if kind == 'samples' or 'source' in r else None
-    sid = f"{Path(path).stem}-{i:05d}"
-    prov = json.dumps({'file': Path(path).name, 'row': i, 'filter_verdict': _verdict(r.get('filter_flag')),
+    st = st or (source_type_of(path, g('source')) if kind == 'samples' or 'source' in r else None)
+    file = str(path) if sid else Path(path).name
+    sid = sid or f"{Path(path).stem}-{i:05d}"
+    prov = json.dumps({'file': file, 'row': i, 'filter_verdict': _verdict(r.get('filter_flag')),
                        'source_verdict': _verdict(r.get('full_source')), 'source': g('source')}, ensure_ascii=False)
     base = dict(id=sid, nation=nation, lang=lang, statement=g('statement'), source_type=st, provenance=prov)
     if kind == 'samples':
@@ -209,21 +212,108 @@ def read_navab(path: str | Path, nation: str, settings=None) -> Checked:
     S = settings or load_settings()
     nat = S.nation(nation)
     recs, bad = read_records(path, 'json' if str(path).endswith('.json') else None)
-    kind = 'samples' if any(isinstance(r, dict) and 'generated Q' in r for _, r in recs) else 'statements'
+    return navab_records(recs, bad, path, nat.code, S)
+
+def navab_records(recs, bad, path, nation: str, settings, kind: str | None = None, source_type: str | None = None,
+                  prefix: str | None = None) -> Checked:
+    "Validate numbered NaVAB-format records of one file or dataset split (`prefix`: ids `<prefix>-<row>` and `source_type` for a split)."
+    S, nat = settings, settings.nation(nation)
+    kind = kind or ('samples' if any(isinstance(r, dict) and 'generated Q' in r for _, r in recs) else 'statements')
     rows = []
     for i, r in recs:
         if not isinstance(r, dict): rows.append((i, r)); continue
-        x = _navab_row(path, i, r, nat.code, nat.lang, kind)
+        x = _navab_row(path, i, r, nat.code, nat.lang, kind, source_type, f"{prefix}-{i:05d}" if prefix else None)
         why = _lang_problem(x['statement'], nat.lang)
         if why: bad.append(_q(path, i, why, r, 'statement', kind)); continue
         rows.append((i, x))
-    n_in = len(recs)
-    return validate_records(rows, kind, str(path), kind, tuple(S.nations), prior=quarantine_frame(bad), n_in=n_in)
+    return validate_records(rows, kind, str(path), kind, tuple(S.nations), prior=quarantine_frame(bad), n_in=len(recs))
+
+# %% ../nbs/02_data.ipynb #499f5894
+NAVAB_RELEASE = 'JadenGGGeee/NaVAB'
+RELEASE_CONFIGS = {'China': 'CN', 'US': 'US', 'UK': 'UK', 'French': 'FR', 'German': 'DE'}
+RELEASE_SPLITS = ('quoted', 'official')
+
+@dataclass(frozen=True)
+class Release:
+    "A named release (or part of it): `source` (a hub id or a local folder), its configs and splits."
+    source: str
+    configs: tuple
+    splits: tuple
+    local: bool
+
+def _config(name: str, spec: str) -> str:
+    "A release config from its name or its nation code, in any case."
+    for c, code in RELEASE_CONFIGS.items():
+        if name.lower() in (c.lower(), code.lower()): return c
+    raise ValueError(f"{spec}: unknown config {name!r}: one of {', '.join(RELEASE_CONFIGS)} (or their nation codes {', '.join(RELEASE_CONFIGS.values())})")
+
+def _release_dir(p: Path) -> bool:
+    "Whether a folder holds a release saved per config (`<config>/dataset_dict.json`)."
+    return p.is_dir() and any((p/c/'dataset_dict.json').is_file() for c in RELEASE_CONFIGS)
+
+def parse_release(spec, nation: str | None = None) -> Release | None:
+    "What `ID[:CONFIG[/SPLIT]]` names in the released NaVAB (a hub id or a folder in its layout); None for a plain file or folder."
+    spec = str(spec)
+    if Path(spec).expanduser().is_file(): return None
+    m = re.fullmatch(r'(?P<src>.+?)(?::(?P<config>[A-Za-z]+)(?:/(?P<split>[A-Za-z]+))?)?', spec.strip())
+    src, cfg, split = m['src'], m['config'], m['split']
+    local = _release_dir(Path(src).expanduser())
+    hub = not Path(src).expanduser().exists() and re.fullmatch(r'[\w.-]+/[\w.-]+', src) and (cfg or src.lower() == NAVAB_RELEASE.lower())
+    if not (local or hub): return None
+    if split and split.lower() not in RELEASE_SPLITS: raise ValueError(f"{spec}: unknown split {split!r}: {' or '.join(RELEASE_SPLITS)}")
+    if cfg: configs = (_config(cfg, spec),)
+    elif nation: configs = (_config(nation, spec),)
+    else: configs = tuple(c for c in RELEASE_CONFIGS if not local or (Path(src).expanduser()/c).is_dir())
+    return Release(str(Path(src).expanduser()) if local else src, configs, (split.lower(),) if split else RELEASE_SPLITS, local)
+
+# %% ../nbs/02_data.ipynb #0c4ddd66
+def _release_rows(rel: Release, config: str, split: str) -> list:
+    "Numbered records of one config and split: `datasets.load_dataset(ID, CONFIG, split=SPLIT)`, or the saved folder."
+    import datasets
+    if rel.local:
+        dd = datasets.load_from_disk(str(Path(rel.source)/config))
+        if split not in dd: raise ValueError(f"{rel.source}:{config}/{split}: no such split (the folder has {', '.join(dd)})")
+        ds = dd[split]
+    else:
+        try: ds = datasets.load_dataset(rel.source, config, split=split)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else ''
+            raise FileNotFoundError(f"{rel.source}:{config}/{split}: not loadable ({type(e).__name__}: {msg[:200]}); offline, the dataset must be in the datasets cache") from None
+    return list(enumerate(ds.to_list(), 1))
+
+def load_release(spec, nation: str | None = None, settings=None) -> Checked:
+    "Samples of the released NaVAB named by `ID[:CONFIG[/SPLIT]]` (nation from the config, source type from the split), validated."
+    S = settings or load_settings()
+    rel = parse_release(spec, nation)
+    if rel is None: raise ValueError(f"{spec}: not a NaVAB release name (ID[:CONFIG[/SPLIT]]) or a folder saved in its layout")
+    checks = []
+    for cfg in rel.configs:
+        code = RELEASE_CONFIGS[cfg]
+        if nation and S.nation(nation).code != code: raise ValueError(f"{spec}: config {cfg} is nation {code}, not {S.nation(nation).code}")
+        splits = [s for s in rel.splits if not rel.local or (Path(rel.source)/cfg/s).is_dir() or len(rel.splits) == 1]
+        for sp in splits:
+            label = f"{rel.source}:{cfg}/{sp}"
+            checks.append(navab_records(_release_rows(rel, cfg, sp), [], label, code, S, kind='samples', source_type=sp, prefix=f"{cfg.lower()}-{sp}"))
+    if not checks: raise ValueError(f"{spec}: no config or split found")
+    return combine(checks, str(spec))
+
+def release_nations(spec) -> list:
+    "The nations a release name covers (its configs'), [] when `spec` is not one."
+    rel = parse_release(spec)
+    return [RELEASE_CONFIGS[c] for c in rel.configs] if rel else []
+
+def release_part(spec, nation: str) -> str | None:
+    "The name of one nation's part of a release name (`ID:CONFIG[/SPLIT]`); None when `spec` is no release or lacks that nation."
+    rel = parse_release(spec)
+    cfg = next((c for c in rel.configs if RELEASE_CONFIGS[c] == nation), None) if rel else None
+    if not cfg: return None
+    return f"{rel.source}:{cfg}" + (f"/{rel.splits[0]}" if len(rel.splits) == 1 else '')
 
 # %% ../nbs/02_data.ipynb #742659c7
 def load_samples(path: str | Path, nation: str | None = None, settings=None) -> Checked:
-    "Samples from a NaVAB release JSON (nation named by the caller) or a navab samples file (JSONL, JSON, CSV, Parquet)."
+    "Samples from the released NaVAB by name (`ID[:CONFIG[/SPLIT]]`), a NaVAB release JSON (nation named by the caller) or a navab samples file (JSONL, JSON, CSV, Parquet)."
     S = settings or load_settings()
+    if parse_release(path, nation): return load_release(path, nation, S)
     recs, bad = read_records(path)
     if any(isinstance(r, dict) and 'generated Q' in r for _, r in recs[:50]):
         if not nation: raise ValueError(f"{path}: NaVAB release files carry no nation: name it (one of {', '.join(S.nations)})")

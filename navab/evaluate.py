@@ -147,7 +147,7 @@ def _summary_groups(scores: pl.DataFrame, seed: int) -> dict:
 # %% ../nbs/06_evaluate.ipynb #2200aca9
 def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = 'mc', scoring: str = 'answer', norm: str = 'none',
              batch_size: int = 16, limit: int | None = None, seed: int = 0, judge: str | None = None, chat: bool = False,
-             dtype: str = 'float32', max_new_tokens: int = 48, templates: dict | None = None, progress: bool = True) -> dict:
+             dtype: str = 'auto', max_new_tokens: int = 48, templates: dict | None = None, progress: bool = True, device: str = 'auto') -> dict:
     "Evaluate `model` on samples (or opinion items) with MC, AJ or opinions; write requests/scores/summary to `out`."
     t0 = time.time()
     if method not in METHODS: raise ValueError(f"method {method!r}: one of {', '.join(METHODS)}")
@@ -157,7 +157,7 @@ def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = '
     if limit: samples = samples.head(limit)
     if not len(samples): raise ValueError("no samples to evaluate")
     T = templates or load_templates()
-    m, tok, info = load_model(model, dtype=dtype)
+    m, tok, info = load_model(model, dtype=dtype, device=device)
     ct = tok if chat else None
     cache = out/'cache'
     if method == 'opinions':
@@ -175,7 +175,7 @@ def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = '
         if method == 'aj':
             ans = generate(aj_answer_prompts(samples, T, ct), m, tok, info, run_dir=out/'generations', max_new_tokens=max_new_tokens,
                            seed=seed, chat=chat, batch_size=max(1, batch_size // 2), progress=progress)
-            if judge and judge != model: jm, jt, ji = load_model(judge, dtype=dtype)
+            if judge and judge != model: jm, jt, ji = load_model(judge, dtype=dtype, device=device)
             else: jm, jt, ji = m, tok, info
             JP = mc_prompts(samples, seed, T, kind='aj_judge', answers=ans, salt='aj', chat_tok=jt if chat else None)
             jreq = score(mc_requests(JP), jm, jt, ji, run_dir=cache, batch_size=batch_size, progress=progress).with_columns(pl.lit('aj').alias('stage'))
@@ -195,7 +195,7 @@ def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = '
     cols = [c for c in ('sample_id', 'stage', 'option', 'context', 'continuation', 'logprob', 'n_tokens', 'is_greedy') if c in req.columns]
     atomic_write(out/'requests.parquet', lambda t: req.select(cols).write_parquet(t))
     atomic_write(out/'scores.parquet', lambda t: sc.write_parquet(t))
-    summ = dict(summ, model=model, model_hash=info.hash, dtype=dtype, method=method, scoring=scoring if method != 'opinions' else 'answer',
+    summ = dict(summ, model=model, model_hash=info.hash, dtype=info.dtype, device=info.device, method=method, scoring=scoring if method != 'opinions' else 'answer',
                 norm=(('token' if scoring == 'navab' else norm) if method == 'mc' else 'none'), chat=chat, seed=seed,
                 navab_version=__version__, n_requests=len(req), wall_s=round(time.time() - t0, 2))
     _write_json(out/'summary.json', summ)

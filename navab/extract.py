@@ -131,14 +131,14 @@ def _uses_gen(stage: str, opts: dict) -> bool:
 
 # %% ../nbs/09_extract.ipynb #b9ece3fc
 def extract(corpus, nation: str, out, generator=None, stages=None, seed: int = 0, progress: bool = True,
-            limit: int | None = None, settings=None, options: dict | None = None) -> dict:
+            limit: int | None = None, settings=None, options: dict | None = None, device: str = 'auto', dtype: str = 'auto') -> dict:
     "Run the extraction stages for one nation's corpus into folder `out`, resuming what a killed run finished; returns counts."
     S = settings or load_settings()
     nat = S.nation(nation)
     nation, lang, out = nat.code, nat.lang, Path(out)
     todo = plan_stages(stages)
     out.mkdir(parents=True, exist_ok=True); (out/'quarantine').mkdir(exist_ok=True)
-    gen = get_generator(generator, run_dir=out/'cache', seed=seed, lang=lang)
+    gen = get_generator(generator, run_dir=out/'cache', seed=seed, lang=lang, device=device, dtype=dtype)
     arts, lq, lc = _load(corpus, nation, S, limit)
     atomic_write(out/'quarantine'/'load.parquet', lambda t: lq.write_parquet(t))
     h, frame, ran = _hash('load', corpus_hash(corpus), nation, lang, limit), arts, set()
@@ -219,7 +219,8 @@ class EchoGenerator(Generator):
 
 # %% ../nbs/09_extract.ipynb #42a97e83
 def _cmd_extract(a) -> int:
-    c = extract(a.corpus, a.nation, a.out, generator=a.generator, stages=a.stages, seed=a.seed, limit=a.limit, progress=not a.quiet)
+    c = extract(a.corpus, a.nation, a.out, generator=a.generator, stages=a.stages, seed=a.seed, limit=a.limit, progress=not a.quiet,
+                device=a.device, dtype=a.dtype)
     for st, v in c.items(): print(f"{st:10s} in {v['in']:5d}  out {v['out']:5d}  dropped {v['dropped']:5d}  quarantined {v['quarantined']:5d}")
     print(f"wrote {a.out}")
     return 0 if all(v['balanced'] for v in c.values()) else 1
@@ -250,6 +251,8 @@ def add_cli(sub):
     p.add_argument('--stages', nargs='+', default=None, help=f"stages to run, of: {', '.join(STAGES)} (default: all)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--limit', type=int, default=None, help="only the first N articles of the nation")
+    from navab.models import device_args
+    device_args(p)   # the local generator's
     p.add_argument('--quiet', action='store_true', help="no progress bars")
     p.set_defaults(fn=_cmd_extract)
     r = sub.add_parser('review', help="export a review sheet of a run's samples, or import a filled one")

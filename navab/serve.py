@@ -16,12 +16,12 @@ from .generate import generation_key, _read_cache, _cut
 __all__ = ['make_app', 'Server', 'generate_http']
 
 # %% ../nbs/04c_serve.ipynb #75bd012e
-def make_app(model: str, dtype: str = 'float32'):
+def make_app(model: str, dtype: str = 'auto', device: str = 'auto'):
     "A FastAPI app serving `/v1/completions` and `/v1/models` over one model navab can load."
     from fastapi import FastAPI, HTTPException
     from navab.models import load_model
     from navab.generate import generate
-    m, tok, info = load_model(model, dtype=dtype)
+    m, tok, info = load_model(model, dtype=dtype, device=device)
     app, lock = FastAPI(title=f'navab serve {model}'), threading.Lock()
 
     @app.get('/v1/models')
