@@ -225,7 +225,7 @@ def samples(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, pro
                          source_type=r.get('source_type') or 'official', question=v['question'], statement=S(r),
                          reverse_statement=v['reverse_statement'], provenance=prov, speaker=r.get('speaker'),
                          article_id=r.get('article_id'), text=r.get('text'), raw=a['raw'], attempts=a['attempts'],
-                         rs_copy_ratio=copy_ratio(v['reverse_statement'], r['statement']), rs_neg_xor=feats.get('neg_xor'),
+                         grounding=r.get('grounding'), rs_copy_ratio=copy_ratio(v['reverse_statement'], r['statement']), rs_neg_xor=feats.get('neg_xor'),
                          rs_connective=feats.get('llm_connective'), rs_judge=feats.get('llm_judge'), rs_votes=feats.get('votes'),
                          first_reason=a.get('first_reason'), drop_reason=why))
     valid = [g for g in good if g['drop_reason'] is None]
@@ -237,7 +237,7 @@ def samples(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, pro
     sch = {'id': pl.String, 'nation': pl.String, 'lang': pl.String, 'topic': pl.String, 'source_type': pl.String,
            'question': pl.String, 'statement': pl.String, 'reverse_statement': pl.String, 'provenance': pl.String,
            'speaker': pl.String, 'article_id': pl.String, 'text': pl.String, 'raw': pl.String, 'attempts': pl.Int64,
-           'rs_copy_ratio': pl.Float64, 'rs_neg_xor': pl.Int64, 'rs_connective': pl.Float64, 'rs_judge': pl.Float64,
+           'grounding': pl.Float64, 'rs_copy_ratio': pl.Float64, 'rs_neg_xor': pl.Int64, 'rs_connective': pl.Float64, 'rs_judge': pl.Float64,
            'rs_votes': pl.Int64, 'first_reason': pl.String, 'drop_reason': pl.String, 'rs_verdict': pl.String, 'kept': pl.Boolean}
     return pl.DataFrame(good, schema=sch), pl.DataFrame(q, schema=_empty_quarantine().schema) if q else _empty_quarantine()
 
