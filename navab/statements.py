@@ -89,17 +89,22 @@ def support(statement: str, article: str | None, lang: str) -> float:
     return sum(x in a for x in u) / len(u)
 
 # %% ../nbs/08a_statements.ipynb #8f815549
-GROUNDING = dict(threshold=0.5)   # calibrated on the upstream HK statements: their 10th percentile of bigram support is 0.5
+GROUNDING = dict(threshold=0.5, borrowed=0.25)   # threshold: the 10th percentile of the upstream HK statements' bigram support
 
 def _example_texts(lang: str) -> list:
     "Every article and statement of the extraction prompt's examples in `lang`."
     return [t for a, s in EXTRACT_PROMPT[lang]['shots'] for t in (a, s)]
 
-def ground(statement: str, article: str | None, lang: str, threshold: float = GROUNDING['threshold']) -> tuple:
+def ground(statement: str, article: str | None, lang: str, threshold: float = GROUNDING['threshold'],
+           borrowed: float = GROUNDING['borrowed']) -> tuple:
     "(support in the article, best support in the prompt's examples, why the statement is rejected or None)."
     s = support(statement, article, lang)
     e = max(support(statement, t, lang) for t in _example_texts(lang)) if lang in EXTRACT_PROMPT else 0.0
     if e >= threshold and e > s: return s, e, f"prompt-copy: copies the prompt's example (support {e:.2f} there, {s:.2f} in the article)"
+    u, art = support_units(statement, lang), set(support_units(article, lang))
+    ex = {x for t in _example_texts(lang) for x in support_units(t, lang)} if lang in EXTRACT_PROMPT else set()
+    b = sum(x in ex and x not in art for x in u) / len(u) if u else 0.0
+    if b >= borrowed: return s, e, f"prompt-copy: {b:.2f} of it comes from the prompt's example, not from the article"
     if s < threshold: return s, e, f"unsupported: the article does not support it (support {s:.2f} < {threshold:g})"
     return s, e, None
 
