@@ -61,11 +61,12 @@ def test_restatement_rejected(s, rs, lang):
 
 
 @pytest.mark.parametrize('s,rs,lang', NEGATED)
-def test_real_negation_passes_form(s, rs, lang):
+def test_negation_passes_form(s, rs, lang):
     assert SM.reversal_form(s, rs, lang) is None
 
 
 # ---- real model ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_real_hk20_nothing_copied_or_unsupported_survives(shared):
     "The issue's case: the first 20 HK articles, the default generator; later stages only drop rows, so what the statements stage keeps is what can survive."
     from navab.llm import get_generator
@@ -86,6 +87,7 @@ def test_real_hk20_nothing_copied_or_unsupported_survives(shared):
     assert int(st['kept'].sum()) >= 10, st.select('article_id', 'drop_reason').rows()
 
 
+@pytest.mark.slow
 def test_real_demo_samples_are_reversals():
     "Every kept sample of a small demo extraction: its validator verdict is a reversal, no RS truncates or restates its S."
     from navab.extract import extract
