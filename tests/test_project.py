@@ -19,7 +19,7 @@ def test_environment_yml_matches_pyproject():
     assert 'python=3.11' in env['dependencies']
     assert sorted(map(str.strip, pip)) == sorted(map(str.strip, want)), \
         f"environment.yml and pyproject.toml disagree: only in yml {set(pip) - set(want)}, only in toml {set(want) - set(pip)}"
-    assert 'torch==2.13.0' in want
+    assert any(r.startswith('torch>=') for r in want)     # a range: an existing (CUDA) torch is kept (tests/test_packaging.py)
 
 
 def test_settings_change_what_runs(tmp_path):
