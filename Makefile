@@ -68,7 +68,8 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium; } || echo "make: chromium missing and not installable here (needs root and apt-get): the browser test will skip"
 
 # Benchmarks (by hand, never in tests): the engine vs a brute-force reference, then navab vs lm-evaluation-harness vs
-# the original NaVAB way (HF evaluate perplexity) on the same requests, in the benchmark's own venv.
+# the original NaVAB way (HF evaluate perplexity) on the same requests, in the benchmark's own venv; then navab's
+# extraction against the original pipeline's HK outputs and the demo labels (long: hours on 2 cores; resumable).
 bench: install
 	$(BIN)/navab models fetch smollm2-135m
 	$(BIN)/python benchmarks/bench_score.py --model smollm2-135m
@@ -76,6 +77,8 @@ bench: install
 	benchmarks/.venv-lmeval/bin/python benchmarks/bench_lmeval.py --model smollm2-135m
 	nice -n 5 $(BIN)/python benchmarks/bench_extract.py --sizes 10000 100000
 	nice -n 5 $(BIN)/python benchmarks/bench_scale.py --articles 50000 --model smollm2-135m
+	$(BIN)/navab models fetch gemma3-270m
+	nice -n 5 $(BIN)/python benchmarks/bench_grounding.py --limit 222 --demo-articles 0
 
 clean:
 	rm -rf reports/*.html runs

@@ -162,8 +162,9 @@ def _h(x) -> str:
 
 # %% ../nbs/11_cli.ipynb #95031fcf
 def _funnel(counts: dict) -> str:
-    "One line of an extraction's counts: rows kept by each stage, and how many were quarantined."
-    steps = [f"{st} {c['out']}" for st, c in counts.items() if isinstance(c, dict) and 'out' in c]
+    "One line of an extraction's counts: rows kept by each stage [why the others went], and how many were quarantined."
+    why = lambda c: f" [{', '.join(f'{k} {n}' for k, n in c['reasons'].items())}]" if c.get('reasons') else ''
+    steps = [f"{st} {c['out']}{why(c)}" for st, c in counts.items() if isinstance(c, dict) and 'out' in c]
     q = sum(c.get('quarantined', 0) for c in counts.values() if isinstance(c, dict))
     return ' -> '.join(steps) + f" ({q} quarantined)"
 

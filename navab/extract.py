@@ -5,7 +5,7 @@ conflict, source, samples), each stage stored in the run folder, resumable after
 
 # %% ../nbs/09_extract.ipynb #78f359e9
 from __future__ import annotations
-import hashlib, importlib, json, os, sys
+import hashlib, importlib, json, os, re, sys
 from pathlib import Path
 import polars as pl
 from .schema import atomic_write
@@ -13,8 +13,8 @@ from .settings import load_settings
 from .llm import Generator, get_generator, extract_settings
 
 # %% auto #0
-__all__ = ['STAGES', 'QCOLS', 'STREAM_BYTES', 'stage_fn', 'plan_stages', 'corpus_hash', 'stage_hash', 'stage_counts',
-           'stage_file', 'extract', 'run_counts', 'write_outputs', 'EchoGenerator', 'add_cli']
+__all__ = ['STAGES', 'QCOLS', 'STREAM_BYTES', 'stage_fn', 'plan_stages', 'corpus_hash', 'stage_hash', 'reason_key',
+           'stage_counts', 'stage_file', 'extract', 'run_counts', 'write_outputs', 'EchoGenerator', 'add_cli']
 
 # %% ../nbs/09_extract.ipynb #1ce589af
 STAGES = ('topics', 'statements', 'screen', 'conflict', 'source', 'samples')
@@ -74,11 +74,30 @@ def stage_hash(path) -> str | None:
     return md.get(b'navab_hash', b'').decode() or None
 
 # %% ../nbs/09_extract.ipynb #4361cf0e
+def reason_key(reason: str | None) -> str:
+    "The kind of a drop/quarantine reason: its last attempt's words before ':', '(' or ';', without ids or numbers."
+    last = str(reason or 'no reason given').split('; retry: ')[-1]
+    head = re.split(r'[:(;]', last, maxsplit=1)[0]
+    return ' '.join(w for w in head.split() if not re.search(r'\d', w)).strip() or 'no reason given'
+
+def _drop_reasons(frame: pl.DataFrame) -> list:
+    "The audit reason of each dropped row of a stage frame (drop_reason, removed_reason, or the screen's threshold)."
+    if 'kept' not in frame.columns or not len(frame): return []
+    gone = frame.filter(~pl.col('kept'))
+    for col in ('drop_reason', 'removed_reason'):
+        if col in gone.columns and gone[col].null_count() < len(gone):
+            return [v if v is not None else 'no reason given' for v in gone[col]]
+    if 'screen_p_yes' in gone.columns: return ['not value-laden: below the screening threshold'] * len(gone)
+    return ['no reason given'] * len(gone)
+
 def stage_counts(frame: pl.DataFrame, q: pl.DataFrame, n_in: int) -> dict:
-    "in/out/dropped/quarantined of one stage, and whether they add up."
+    "in/out/dropped/quarantined of one stage, whether they add up, and `reasons` (reason key -> rows) of the dropped and quarantined."
+    from collections import Counter
     kept = int(frame['kept'].sum()) if 'kept' in frame.columns and len(frame) else len(frame)
     c = dict(**{'in': n_in}, out=kept, dropped=len(frame) - kept, quarantined=q['row'].n_unique() if len(q) else 0)
     c['balanced'] = c['in'] == c['out'] + c['dropped'] + c['quarantined']
+    qr = q.unique('row', keep='last', maintain_order=True)['reason'].to_list() if len(q) and 'reason' in q.columns else []
+    c['reasons'] = dict(Counter(map(reason_key, _drop_reasons(frame) + qr)).most_common())
     return c
 
 # %% ../nbs/09_extract.ipynb #690e3a4e

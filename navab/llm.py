@@ -253,23 +253,28 @@ def parse_json(raw: str, fields: list, prefix: str | None = None) -> tuple:
 
 # %% ../nbs/08_llm.ipynb #97bdc3bf
 def ask_json(gen: Generator, prompts: list, fields: list, *, lang: str | None = None, retry_prompts: list | None = None,
-             max_new_tokens: int = 64, seed: int = 0, progress: bool = True) -> list:
-    "Ask for JSON with string `fields` (prefilled, parsed strictly, language-checked); retry failures once with `retry_prompts`."
+             max_new_tokens: int = 64, seed: int = 0, progress: bool = True, check=None, salvage=None, retries: int = 1) -> list:
+    "Ask for JSON with string `fields` (prefilled, parsed strictly, language-checked, then `check(i, value)`); retry failures `retries` (0 or 1) times with `retry_prompts` (a list, or a function of (i, result))."
     prefix, end = '{"%s": "' % fields[0], '"}'
-    def attempt(ps, s):
+    def attempt(idx, ps, s):
         raws = gen.complete(ps, max_new_tokens=max_new_tokens, stop=None, seed=s, prefix=prefix, progress=progress, stops=[end, '\n'], lang=lang)
         res = []
-        for raw in raws:
+        for i, raw in zip(idx, raws):
             d, why = parse_json(raw, fields, prefix)
+            cut = None
+            if d is None and salvage and len(fields) == 1 and why.startswith('no closing quote') and (cut := salvage(raw)):
+                d, why = {fields[0]: cut}, None     # an answer cut by the token cap, ended at its last sentence boundary
             if d is not None and lang and (lp := lang_problem(d[fields[0]], lang)): d, why = None, f"wrong language: {lp}"
-            res.append(dict(value=d, raw=prefix + raw, reason=why))
+            if d is not None and check and (why := check(i, d)): d = None
+            res.append(dict(value=d, raw=prefix + raw, reason=why, salvaged=cut is not None and d is not None))
         return res
-    out = attempt(list(prompts), seed)
+    out = attempt(range(len(prompts)), list(prompts), seed)
     for r in out: r['attempts'] = 1
     bad = [i for i, r in enumerate(out) if r['value'] is None]
-    if bad:
-        again = [retry_prompts[i] if retry_prompts else 'Reply with JSON only.\n' + prompts[i] for i in bad]
-        for i, r in zip(bad, attempt(again, seed + 1)):
+    if bad and retries:
+        again = [retry_prompts(i, out[i]) if callable(retry_prompts) else retry_prompts[i] if retry_prompts else 'Reply with JSON only.\n' + prompts[i] for i in bad]
+        for i, r in zip(bad, attempt(bad, again, seed + 1)):
             r['reason'] = r['reason'] and f"{out[i]['reason']}; retry: {r['reason']}"
+            r['first_reason'] = out[i]['reason']
             out[i] = {**r, 'attempts': 2}
     return out

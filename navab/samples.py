@@ -11,10 +11,12 @@ from pathlib import Path
 import polars as pl
 from .schema import atomic_write, validate_frame
 from .conflict import char_similarity, negations, _empty_quarantine
-from .llm import ask_json, delimit, lang_problem
+from .llm import ask_json, delimit, lang_problem, parse_json
+from .statements import support
 
 # %% auto #0
-__all__ = ['SAMPLE_PROMPT', 'FIELDS', 'REVIEW_COLUMNS', 'DECISIONS', 'sample_prompt', 'copy_ratio', 'validate_sample',
+__all__ = ['SAMPLE_PROMPT', 'FIELDS', 'REVERSAL', 'RETRY_NOTE', 'REVIEW_COLUMNS', 'DECISIONS', 'sample_prompt', 'copy_ratio',
+           'validate_sample', 'reversal_form', 'question_problem', 'judge_reversals', 'validate_reversal',
            'near_duplicates', 'samples', 'to_navab_format', 'to_dpo_pairs', 'review_export', 'review_import']
 
 # %% ../nbs/08d_samples.ipynb #1646253b
@@ -71,6 +73,59 @@ def validate_sample(question: str, statement: str, reverse: str, lang: str, near
         return f"reverse_statement is a near-copy of the statement (ratio {r:.2f} >= {near_copy}, no negation changed)"
     return None
 
+# %% ../nbs/08d_samples.ipynb #fe3c0b3b
+REVERSAL = dict(neg_span=8, slack=0.05, added=4, restate=0.95, question_support=0.3, min_votes=1)
+
+def _unmatched(a: str, b: str) -> int:
+    "Characters of `a` (after `_norm`) outside its longest common blocks with `b` (difflib): 0 when `a` is `b` with pieces removed."
+    x, y = _norm(a), _norm(b)
+    return len(x) - sum(m.size for m in difflib.SequenceMatcher(None, x, y, autojunk=False).get_matching_blocks())
+
+def reversal_form(statement: str, reverse: str, lang: str, neg_span: int = REVERSAL['neg_span'], slack: float = REVERSAL['slack'], added: int = REVERSAL['added'],
+                  restate: float = REVERSAL['restate']) -> str | None:
+    "Why RS cannot reverse S by its form alone (a restatement, or a truncation: a part of S, or S less a clause), else None."
+    s, r = _norm(statement), _norm(reverse)
+    if r == s: return "restatement: reverse_statement equals the statement"
+    neg_changed = negations(statement, lang) != negations(reverse, lang)
+    shorter = len(s) - len(r)
+    more_neg = negations(reverse, lang) > negations(statement, lang)
+    if r and shorter > 0 and _unmatched(reverse, statement) <= max(1, slack * len(r)) and not more_neg and not (neg_changed and shorter <= neg_span):
+        return f"truncation: reverse_statement is the statement with {shorter} characters removed, not its opposite"
+    if not neg_changed and len(r) - len(s) >= added and _unmatched(statement, reverse) <= max(1, slack * len(s)):
+        return f"restatement: reverse_statement is the statement with {len(r) - len(s)} characters added, no negation changed"
+    if (c := copy_ratio(reverse, statement)) >= restate and not neg_changed:
+        return f"restatement: reverse_statement rewords the statement (ratio {c:.2f}) without changing a negation"
+    return None
+
+def question_problem(question: str, statement: str, reverse: str, lang: str, min_support: float = REVERSAL['question_support']) -> str | None:
+    "Why Q cannot be answered by both S and RS (not a question, or not about them), else None."
+    if not re.search(r'[?？]\s*$', question or ''): return "question: not a question (no question mark at its end)"
+    a, b = support(question, statement, lang), support(question, reverse, lang)
+    if min(a, b) < min_support: return f"question: not about both statements (support {a:.2f} in S, {b:.2f} in RS < {min_support:g})"
+    return None
+
+# %% ../nbs/08d_samples.ipynb #879ac60a
+def judge_reversals(statements: list, reverses: list, langs: list, gen, config: dict | None = None) -> pl.DataFrame:
+    "Per (S, RS): neg_xor (a negation flipped), the conflict detector's connective score and decision, the judge's contradiction log-odds, and `votes` (how many say contradict)."
+    from navab.conflict import contradiction_features, DETECTOR
+    c = {**DETECTOR, **(config or {})}
+    pairs = pl.DataFrame({'a': statements, 'b': reverses, 'lang': langs}, schema={'a': pl.String, 'b': pl.String, 'lang': pl.String})
+    if not len(pairs): return pairs.with_columns(*[pl.lit(None, t).alias(k) for k, t in
+                                                   (('neg_xor', pl.Int64), ('llm_judge', pl.Float64), ('llm_connective', pl.Float64), ('votes', pl.Int64))])
+    f = contradiction_features(pairs, gen, methods=('judge', 'connective'))
+    return f.with_columns((pl.col('neg_xor') + (pl.col('llm_connective') >= c['threshold']).cast(pl.Int64)
+                           + (pl.col('llm_judge') > 0).cast(pl.Int64)).alias('votes'))
+
+def validate_reversal(question: str, statement: str, reverse: str, lang: str, votes: int | None = None,
+                      min_votes: int = REVERSAL['min_votes']) -> str | None:
+    "Why (Q, RS) is not a validated reversal of S: language and emptiness, form (truncation, restatement), Q answerable by both, then the votes (when judged); else None."
+    if (why := validate_sample(question, statement, reverse, lang)): return why
+    if (why := reversal_form(statement, reverse, lang)): return why
+    if (why := question_problem(question, statement, reverse, lang)): return why
+    if votes is not None and votes < min_votes:
+        return f"not-contradicting: neither the detector, the judge nor a negation says reverse_statement contradicts the statement ({votes} < {min_votes} votes)"
+    return None
+
 # %% ../nbs/08d_samples.ipynb #6312092a
 def near_duplicates(ids: list, texts: list, threshold: float = 0.9, seed: int = 0) -> dict:
     "id -> id of the kept sample it near-duplicates (seeded visiting order), for each sample that goes."
@@ -89,47 +144,101 @@ def _topic(r) -> str | None:
     v = r.get('topic_label') or r.get('topic')
     return None if v is None else str(v)
 
+RETRY_NOTE = {
+    'en': ('An earlier answer was rejected: {why}. The reverse statement must say the opposite of the whole statement, and the question must be answered yes by one and no by the other.',
+           {'truncation': 'its reverse statement only shortened the statement', 'restatement': 'its reverse statement said the same thing',
+            'not-contradicting': 'its reverse statement did not contradict the statement', 'question': 'its question was not a yes/no question about the statement'}),
+    'fr': ("Une réponse précédente a été rejetée : {why}. L'affirmation inverse doit dire le contraire de toute l'affirmation, et la question doit recevoir oui de l'une et non de l'autre.",
+           {'truncation': "son affirmation inverse raccourcissait seulement l'affirmation", 'restatement': "son affirmation inverse disait la même chose",
+            'not-contradicting': "son affirmation inverse ne contredisait pas l'affirmation", 'question': "sa question n'était pas une question fermée sur l'affirmation"}),
+    'de': ('Eine frühere Antwort wurde abgelehnt: {why}. Die umgekehrte Aussage muss das Gegenteil der ganzen Aussage sagen, und die Frage muss von der einen mit Ja, von der anderen mit Nein beantwortet werden.',
+           {'truncation': 'ihre umgekehrte Aussage kürzte die Aussage nur', 'restatement': 'ihre umgekehrte Aussage sagte dasselbe',
+            'not-contradicting': 'ihre umgekehrte Aussage widersprach der Aussage nicht', 'question': 'ihre Frage war keine Ja/Nein-Frage zur Aussage'}),
+    'zh': ('之前的回答被拒绝：{why}。反向陈述必须表达与整句陈述相反的意思，问题必须能被一个回答“是”、另一个回答“否”。',
+           {'truncation': '反向陈述只是截短了原陈述', 'restatement': '反向陈述与原陈述意思相同', 'not-contradicting': '反向陈述没有与原陈述相矛盾',
+            'question': '问题不是关于该陈述的是非问题'}),
+}
+
+def _retry_sample_prompt(statement: str, lang: str, why: str | None) -> str:
+    "The one-example Q/RS prompt with the reason the earlier answer was rejected (when it is one the note can name)."
+    note, whys = RETRY_NOTE[lang]
+    key = (why or '').split(';')[-1].replace('retry:', '').strip().split(':')[0]
+    p = sample_prompt(statement, lang, shots=1)
+    if key not in whys: return p
+    task = SAMPLE_PROMPT[lang][0]
+    return p.replace(task, task + ' ' + note.format(why=whys[key]), 1)
+
 def samples(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, progress: bool = True,
-            near_copy: float = 0.95, dup_threshold: float = 0.9, max_new_tokens: int = 160) -> tuple:
-    "(frame, quarantine): one sample per statement with Q and RS generated and validated, near-duplicates dropped."
+            near_copy: float = 0.95, dup_threshold: float = 0.9, max_new_tokens: int = 160, judge: bool = True,
+            min_votes: int = REVERSAL['min_votes'], config: dict | None = None) -> tuple:
+    "(frame, quarantine): one sample per statement, Q and RS generated and validated as a reversal (regenerated once with the reason), near-duplicates dropped."
     q, rows = [], []
     for r in df.iter_rows(named=True):
         if not isinstance(r.get('statement'), str) or not r['statement'].strip():
             q.append(dict(row=str(r.get('id')), stage='samples', reason='missing or empty statement', raw=str(r.get('statement'))))
         else: rows.append(r)
     L = lambda r: r.get('lang') or lang
-    prompts = [sample_prompt(r['statement'], L(r)) for r in rows]
-    retry = [sample_prompt(r['statement'], L(r), shots=1) for r in rows]
-    res = []
-    for lg in sorted({L(r) for r in rows}):   # one ask_json call per language (its language check is per call)
-        idx = [i for i, r in enumerate(rows) if L(r) == lg]
-        out = ask_json(gen, [prompts[i] for i in idx], FIELDS, lang=lg, retry_prompts=[retry[i] for i in idx],
-                       max_new_tokens=max_new_tokens, seed=seed, progress=progress)
-        res += list(zip(idx, out))
-    res = dict(res)
+    S = lambda r: r['statement'].strip()
+    form = lambda i, v: validate_reversal(v['question'], S(rows[i]), v['reverse_statement'], L(rows[i]))
+    def ask(idx, prompts, retries, s):
+        "ask_json per language (its language check is per call); results by row index."
+        out = {}
+        for lg in sorted({L(rows[i]) for i in idx}):
+            sub = [i for i in idx if L(rows[i]) == lg]
+            res = ask_json(gen, [prompts[i] for i in sub], FIELDS, lang=lg, max_new_tokens=max_new_tokens, seed=s, progress=progress,
+                           check=lambda k, v, sub=sub: form(sub[k], v), retries=retries,
+                           retry_prompts=lambda k, r, sub=sub: _retry_sample_prompt(S(rows[sub[k]]), lg, r['reason']))
+            out.update(zip(sub, res))
+        return out
+    def verdicts(idx, res):
+        "validate_reversal with the judges' votes for every parsed answer in `res`."
+        ok = [i for i in idx if res[i]['value'] is not None]
+        j = judge_reversals([S(rows[i]) for i in ok], [res[i]['value']['reverse_statement'] for i in ok], [L(rows[i]) for i in ok],
+                            gen, config) if judge and ok else None
+        feats = {i: (j.row(k, named=True) if j is not None else {}) for k, i in enumerate(ok)}
+        return {i: (feats[i], validate_reversal(res[i]['value']['question'], S(rows[i]), res[i]['value']['reverse_statement'], L(rows[i]),
+                                                feats[i].get('votes'), min_votes)) for i in ok}
+    idx = list(range(len(rows)))
+    res = ask(idx, {i: sample_prompt(S(rows[i]), L(rows[i])) for i in idx}, 1, seed)
+    ver = verdicts(idx, res)
+    again = [i for i, (f, why) in ver.items() if why and why.startswith('not-contradicting') and res[i]['attempts'] == 1]
+    if again:   # the judges said no to a first answer: one more try, with the reason
+        res2 = ask(again, {i: _retry_sample_prompt(S(rows[i]), L(rows[i]), ver[i][1]) for i in again}, 0, seed + 1)
+        ver2 = verdicts(again, res2)
+        for i in again:
+            if i in ver2:
+                res[i] = {**res2[i], 'attempts': 2, 'first_reason': ver[i][1]}; ver[i] = ver2[i]
+            else: res[i] = {**res[i], 'attempts': 2, 'reason': f"{ver[i][1]}; retry: {res2[i]['reason']}", 'first_reason': ver[i][1]}
     good = []
     for i, r in enumerate(rows):
         a = res[i]
-        if a['value'] is None:
-            q.append(dict(row=str(r['id']), stage='samples', reason=a['reason'], raw=a['raw'])); continue
-        v = a['value']
+        if a['value'] is None:   # an answer that failed a validation check is a decision with its reason, not a broken row
+            v, _ = parse_json(a['raw'][len('{"question": "'):], FIELDS)
+            if v is None:
+                q.append(dict(row=str(r['id']), stage='samples', reason=a['reason'], raw=a['raw'])); continue
+            feats, why = {}, a['reason'].split('; retry: ')[-1]
+        else:
+            v = a['value']; feats, why = ver[i]
         prov = json.dumps({'statement_id': r['id'], 'article_id': r.get('article_id'), 'generator': getattr(gen, 'name', ''),
                            'attempts': a['attempts']}, ensure_ascii=False)
         good.append(dict(id=str(r['id']), nation=r.get('nation') or nation, lang=L(r), topic=_topic(r),
-                         source_type=r.get('source_type') or 'official', question=v['question'], statement=r['statement'].strip(),
+                         source_type=r.get('source_type') or 'official', question=v['question'], statement=S(r),
                          reverse_statement=v['reverse_statement'], provenance=prov, speaker=r.get('speaker'),
                          article_id=r.get('article_id'), text=r.get('text'), raw=a['raw'], attempts=a['attempts'],
-                         rs_copy_ratio=copy_ratio(v['reverse_statement'], r['statement']),
-                         drop_reason=validate_sample(v['question'], r['statement'], v['reverse_statement'], L(r), near_copy)))
+                         grounding=r.get('grounding'), rs_copy_ratio=copy_ratio(v['reverse_statement'], r['statement']), rs_neg_xor=feats.get('neg_xor'),
+                         rs_connective=feats.get('llm_connective'), rs_judge=feats.get('llm_judge'), rs_votes=feats.get('votes'),
+                         first_reason=a.get('first_reason'), drop_reason=why))
     valid = [g for g in good if g['drop_reason'] is None]
     dup = near_duplicates([g['id'] for g in valid], [g['statement'] for g in valid], dup_threshold, seed)
     for g in good:
-        if g['id'] in dup: g['drop_reason'] = f"near-duplicate of sample {dup[g['id']]}"
+        if g['id'] in dup: g['drop_reason'] = f"near-duplicate: of sample {dup[g['id']]}"
+        g['rs_verdict'] = 'reversal' if g['drop_reason'] is None or g['id'] in dup else g['drop_reason'].split(':')[0]
         g['kept'] = g['drop_reason'] is None
     sch = {'id': pl.String, 'nation': pl.String, 'lang': pl.String, 'topic': pl.String, 'source_type': pl.String,
            'question': pl.String, 'statement': pl.String, 'reverse_statement': pl.String, 'provenance': pl.String,
            'speaker': pl.String, 'article_id': pl.String, 'text': pl.String, 'raw': pl.String, 'attempts': pl.Int64,
-           'rs_copy_ratio': pl.Float64, 'drop_reason': pl.String, 'kept': pl.Boolean}
+           'grounding': pl.Float64, 'rs_copy_ratio': pl.Float64, 'rs_neg_xor': pl.Int64, 'rs_connective': pl.Float64, 'rs_judge': pl.Float64,
+           'rs_votes': pl.Int64, 'first_reason': pl.String, 'drop_reason': pl.String, 'rs_verdict': pl.String, 'kept': pl.Boolean}
     return pl.DataFrame(good, schema=sch), pl.DataFrame(q, schema=_empty_quarantine().schema) if q else _empty_quarantine()
 
 # %% ../nbs/08d_samples.ipynb #318d00c7

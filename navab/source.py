@@ -13,7 +13,7 @@ from .llm import option_probs
 
 # %% auto #0
 __all__ = ['QUOTES', 'REPORTING', 'CUE_P', 'SOURCE_PROMPT', 'SPEAKER_PROMPT', 'find_speaker', 'first_name', 'has_quote',
-           'source_cues', 'full_name', 'source_prompt', 'source', 'source_eval']
+           'source_cues', 'full_name', 'source_prompt', 'speaker_grounded', 'source', 'source_eval']
 
 # %% ../nbs/08c_source.ipynb #fd0b1f17
 QUOTES = {'en': '"“”', 'fr': '«»“”"', 'de': '„“”"»«', 'zh': '“”「」『』"'}
@@ -154,6 +154,14 @@ def _ask_speaker(gen, statements, contexts, lang, seed):
         res.append(n if len(n) >= 2 and (n in s or n in (c or '')) and _clean_name(n, lang) else None)
     return res
 
+def speaker_grounded(speaker: str | None, text: str | None, lang: str) -> bool:
+    "Whether a speaker's name occurs in the article (zh: folded to simplified characters; else its last word, case-insensitive)."
+    if not speaker or not text: return False
+    if lang == 'zh':
+        from navab.statements import _simplified
+        return _simplified(speaker) in _simplified(text)
+    return re.search(rf"\b{re.escape(speaker.split()[-1].lower())}\b", text.lower()) is not None
+
 def source(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, progress: bool = True,
            articles: pl.DataFrame | None = None, llm_weight: float = 0.5, ask_speaker: bool = True) -> tuple:
     "(frame, quarantine): every statement with source_type, speaker, source_cue, source_p_quoted (and p_cue, p_llm), kept."
@@ -183,10 +191,12 @@ def source(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, prog
         quoted = pq >= 0.5 and bool(c['speaker'])
         sp = full_name(c['speaker'], r.get('text') or r['statement'], r.get('lang') or lang) if quoted else None
         cue = c['cue'] if quoted or pq < 0.5 else c['cue'] + ':no-named-speaker'
+        why = None if not quoted or speaker_grounded(sp, r.get('text') or r['statement'], r.get('lang') or lang) else \
+            f"unsupported-speaker: {sp!r} does not occur in the article"
         out.append(dict(source_type='quoted' if quoted else 'official', speaker=sp, source_cue=cue,
-                        source_p_quoted=float(pq), source_p_cue=float(c['p_cue']), source_p_llm=float(pm), kept=True))
+                        source_p_quoted=float(pq), source_p_cue=float(c['p_cue']), source_p_llm=float(pm), drop_reason=why, kept=why is None))
     sch = {'source_type': pl.String, 'speaker': pl.String, 'source_cue': pl.String, 'source_p_quoted': pl.Float64,
-           'source_p_cue': pl.Float64, 'source_p_llm': pl.Float64, 'kept': pl.Boolean}
+           'source_p_cue': pl.Float64, 'source_p_llm': pl.Float64, 'drop_reason': pl.String, 'kept': pl.Boolean}
     base = base.drop([c for c in sch if c in base.columns])
     frame = pl.concat([base, pl.DataFrame(out, schema=sch)], how='horizontal') if rows else \
         base.with_columns(*[pl.lit(None, d).alias(c) for c, d in sch.items()])

@@ -5,13 +5,15 @@ and value-sensitive screening (an LLM judge's yes/no by likelihood, a value dime
 
 # %% ../nbs/08a_statements.ipynb #0606b9ba
 from __future__ import annotations
-import json, math
+import json, math, re
 import polars as pl
-from .llm import Generator, ask_json, delimit, option_probs
+from .llm import Generator, ask_json, delimit, option_probs, parse_json
+
 
 # %% auto #0
-__all__ = ['EXTRACT_PROMPT', 'STATEMENT_COLS', 'QUARANTINE_COLS', 'DIMENSIONS', 'SCREEN_PROMPT', 'CONTENT_FREE', 'SCREEN_COLS',
-           'extract_prompt', 'extract_statements', 'screen_prompt', 'screen']
+__all__ = ['EXTRACT_PROMPT', 'STEM', 'GROUNDING', 'STATEMENT_COLS', 'QUARANTINE_COLS', 'BUDGET', 'RETRY_NOTE', 'DIMENSIONS',
+           'SCREEN_PROMPT', 'CONTENT_FREE', 'SCREEN_COLS', 'extract_prompt', 'support_units', 'support', 'ground',
+           'salvage_sentence', 'extract_statements', 'screen_prompt', 'screen']
 
 # %% ../nbs/08a_statements.ipynb #686d628d
 EXTRACT_PROMPT = {
@@ -63,28 +65,111 @@ def extract_prompt(text: str, lang: str, shots: tuple = (0, 1), title: str | Non
     body = f"{title}. {text}" if title and str(title).strip() else text
     return f"{P['head']}\n\n{ex}{P['label']}: {delimit(body)}\nJSON: "
 
+# %% ../nbs/08a_statements.ipynb #91ce2404
+STEM = 5   # content words match on their first 5 letters (libraries/library, Bibliotheken/Bibliothek)
+
+def _simplified(text: str) -> str:
+    "Chinese text in simplified characters (hanziconv), so a simplified statement of a traditional article still matches."
+    from hanziconv import HanziConv
+    return HanziConv.toSimplified(text)
+
+def support_units(text: str | None, lang: str) -> list:
+    "What support counts: character bigrams (zh: simplified, lower-cased, non-word characters dropped) or content-word stems (en/fr/de: stop words dropped, first STEM letters)."
+    if lang == 'zh':
+        t = re.sub(r'[\W_]+', '', _simplified(str(text or '')).lower())
+        return [t[i:i + 2] for i in range(len(t) - 1)]
+    from navab.topics import tokenize
+    return [w[:STEM] for w in tokenize(text, lang)]
+
+def support(statement: str, article: str | None, lang: str) -> float:
+    "Share (0..1) of the statement's support units found in the article; 0 when the statement has none."
+    u = support_units(statement, lang)
+    if not u: return 0.0
+    a = set(support_units(article, lang))
+    return sum(x in a for x in u) / len(u)
+
+# %% ../nbs/08a_statements.ipynb #8f815549
+GROUNDING = dict(threshold=0.5, borrowed=0.25)   # threshold: the 10th percentile of the upstream HK statements' bigram support
+
+def _example_texts(lang: str) -> list:
+    "Every article and statement of the extraction prompt's examples in `lang`."
+    return [t for a, s in EXTRACT_PROMPT[lang]['shots'] for t in (a, s)]
+
+def ground(statement: str, article: str | None, lang: str, threshold: float = GROUNDING['threshold'],
+           borrowed: float = GROUNDING['borrowed']) -> tuple:
+    "(support in the article, best support in the prompt's examples, why the statement is rejected or None)."
+    s = support(statement, article, lang)
+    e = max(support(statement, t, lang) for t in _example_texts(lang)) if lang in EXTRACT_PROMPT else 0.0
+    if e >= threshold and e > s: return s, e, f"prompt-copy: copies the prompt's example (support {e:.2f} there, {s:.2f} in the article)"
+    u, art = support_units(statement, lang), set(support_units(article, lang))
+    ex = {x for t in _example_texts(lang) for x in support_units(t, lang)} if lang in EXTRACT_PROMPT else set()
+    b = sum(x in ex and x not in art for x in u) / len(u) if u else 0.0
+    if b >= borrowed: return s, e, f"prompt-copy: {b:.2f} of it comes from the prompt's example, not from the article"
+    if s < threshold: return s, e, f"unsupported: the article does not support it (support {s:.2f} < {threshold:g})"
+    return s, e, None
+
 # %% ../nbs/08a_statements.ipynb #89501e3e
 STATEMENT_COLS = {'id': pl.String, 'article_id': pl.String, 'nation': pl.String, 'lang': pl.String, 'topic': pl.Int64,
                   'topic_label': pl.String, 'statement': pl.String, 'raw': pl.String, 'attempts': pl.Int64,
-                  'generator': pl.String, 'kept': pl.Boolean}
+                  'generator': pl.String, 'grounding': pl.Float64, 'grounding_example': pl.Float64, 'salvaged': pl.Boolean,
+                  'first_reason': pl.String, 'drop_reason': pl.String, 'kept': pl.Boolean}
 QUARANTINE_COLS = {'row': pl.String, 'stage': pl.String, 'reason': pl.String, 'raw': pl.String}
+BUDGET = {'zh': 120, 'en': 72, 'fr': 88, 'de': 88}   # new tokens per language: a Chinese sentence takes more tokens
+RETRY_NOTE = {
+    'en': ('An earlier answer was rejected: {why}. Write one statement that this article itself makes, in its words.',
+           {'prompt-copy': "it copied the example, not the article", 'unsupported': "the article does not say it",
+            'format': "it was not one short sentence in valid JSON"}),
+    'fr': ("Une réponse précédente a été rejetée : {why}. Écrivez une déclaration que cet article fait lui-même, avec ses mots.",
+           {'prompt-copy': "elle recopiait l'exemple, pas l'article", 'unsupported': "l'article ne le dit pas",
+            'format': "ce n'était pas une phrase courte en JSON valide"}),
+    'de': ('Eine frühere Antwort wurde abgelehnt: {why}. Schreibe eine Aussage, die dieser Artikel selbst macht, mit seinen Worten.',
+           {'prompt-copy': "sie kopierte das Beispiel, nicht den Artikel", 'unsupported': "der Artikel sagt das nicht",
+            'format': "sie war kein kurzer Satz in gültigem JSON"}),
+    'zh': ('之前的回答被拒绝：{why}。请写出这篇文章本身表达的主张，使用文章自己的说法。',
+           {'prompt-copy': "它照抄了示例，而不是文章", 'unsupported': "文章中没有这个说法", 'format': "它不是一句有效JSON格式的短句"}),
+}
+
+def salvage_sentence(raw: str, min_chars: int = 8) -> str | None:
+    "The text of an answer cut by the token cap, ended at its last sentence boundary (. ! ? 。！？); None when there is none."
+    ends = [m.end() for m in re.finditer(r'[.!?。！？](?=\s|$)|[。！？]', raw)]
+    cut = raw[:ends[-1]].strip() if ends else ''
+    return cut if len(cut) >= min_chars and '"' not in cut else None
+
+def _retry_prompt(text, lang, title, why) -> str:
+    "The retry prompt (the other example) with the reason the first answer was rejected."
+    note, whys = RETRY_NOTE[lang]
+    key = (why or '').split(':')[0]
+    p = extract_prompt(text, lang, (1,), title)
+    return p.replace(EXTRACT_PROMPT[lang]['head'], EXTRACT_PROMPT[lang]['head'] + ' ' + note.format(why=whys.get(key, whys['format'])), 1)
 
 def extract_statements(topics_df: pl.DataFrame, gen: Generator, *, nation: str, lang: str, seed: int = 0,
-                       progress: bool = True, max_new_tokens: int = 72) -> tuple:
-    "(frame, quarantine): one statement per article (strict JSON, right language, retried once), failures quarantined."
+                       progress: bool = True, max_new_tokens: int | None = None, salvage: bool = True,
+                       threshold: float = GROUNDING['threshold']) -> tuple:
+    "(frame, quarantine): one grounded statement per article (strict JSON, right language, retried once with the reason); unparsed rows quarantined, unsupported ones dropped with the reason."
     if 'text' not in topics_df.columns: raise ValueError(f"statements: input for {nation} has no 'text' column")
     rows = topics_df.to_dicts()
     get = lambda r, k: r.get(k)
     prompts = [extract_prompt(r['text'], lang, (0, 1), get(r, 'title')) for r in rows]
-    retry = [extract_prompt(r['text'], lang, (1,), get(r, 'title')) for r in rows]
-    res = ask_json(gen, prompts, ['statement'], lang=lang, retry_prompts=retry, max_new_tokens=max_new_tokens, seed=seed, progress=progress)
+    check = lambda i, d: ground(d['statement'], rows[i]['text'], lang, threshold)[2]
+    retry = lambda i, r: _retry_prompt(rows[i]['text'], lang, get(rows[i], 'title'), r['reason'])
+    res = ask_json(gen, prompts, ['statement'], lang=lang, retry_prompts=retry, max_new_tokens=max_new_tokens or BUDGET.get(lang, 72),
+                   seed=seed, progress=progress, check=check, salvage=salvage_sentence if salvage else None)
     good, bad = [], []
     for r, x in zip(rows, res):
         aid = str(r['id'])
-        if x['value'] is None: bad.append(dict(row=aid, stage='statements', reason=x['reason'], raw=x['raw']))
-        else: good.append(dict(id=f"{aid}-s0", article_id=aid, nation=r.get('nation') or nation, lang=r.get('lang') or lang,
-                               topic=get(r, 'topic'), topic_label=get(r, 'topic_label'), statement=x['value']['statement'],
-                               raw=x['raw'], attempts=x['attempts'], generator=gen.name, kept=True))
+        value = x['value']
+        if value is None:   # a grounding failure is a decision with its reason; anything else could not be read
+            st = parse_json(x['raw'][len('{"statement": "'):], ['statement'])[0] or {}
+            st = st.get('statement') or (salvage_sentence(x['raw'][len('{"statement": "'):]) if salvage else None)
+            last = (x['reason'] or '').split('; retry: ')[-1]
+            if not st or last.split(':')[0] not in ('prompt-copy', 'unsupported'):
+                bad.append(dict(row=aid, stage='statements', reason=x['reason'], raw=x['raw'])); continue
+            value = {'statement': st}
+        g, e, why = ground(value['statement'], r['text'], lang, threshold)
+        good.append(dict(id=f"{aid}-s0", article_id=aid, nation=r.get('nation') or nation, lang=r.get('lang') or lang,
+                         topic=get(r, 'topic'), topic_label=get(r, 'topic_label'), statement=value['statement'],
+                         raw=x['raw'], attempts=x['attempts'], generator=gen.name, grounding=g, grounding_example=e,
+                         salvaged=bool(x.get('salvaged')), first_reason=x.get('first_reason'), drop_reason=why, kept=why is None))
     return pl.DataFrame(good, schema=STATEMENT_COLS), pl.DataFrame(bad, schema=QUARANTINE_COLS)
 
 # %% ../nbs/08a_statements.ipynb #11370bff

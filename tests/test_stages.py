@@ -144,7 +144,7 @@ def qrs_gen(bad=()):
         if any(b in s for b in bad): return 'oops'
         if 'COPY' in s: return f'Is it so?", "reverse_statement": "{s}"}}'
         return f'Is it true that {s.rstrip(".").lower()}?", "reverse_statement": "It is not true that {s.rstrip(".").lower()}."}}'
-    return FakeGen(complete=comp)
+    return FakeGen(choose=contra_gen()._choose, complete=comp)   # the reversal judges: a flipped 'not' contradicts
 
 
 def sample_input():
