@@ -138,12 +138,15 @@ def run_key(params: dict, files=()) -> str:
 
 # %% ../nbs/10b_grid.ipynb #f2ea7c0d
 def label(model: str) -> str:
-    "A model's display name: its embedded/hub name, or the folder name of a local model."
+    "A model's display name: its embedded/hub name, the folder name of a local model, or a server's served name."
+    if str(model).startswith(('http://', 'https://')) and '#' in str(model): return str(model).split('#', 1)[1]
     p = Path(str(model)).expanduser()
     return p.name if p.is_dir() else str(model)
 
 def _model_stamp(model: str) -> str:
     "What identifies a model cheaply: its name, and for a local folder the names, sizes and times of its files."
+    from navab.backend import is_remote, remote_stamp
+    if is_remote(model): return remote_stamp(model)       # the spec and the revision the server reports now
     p = Path(str(model)).expanduser()
     if not p.is_dir(): return str(model)
     return str(model) + ''.join(f"|{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(p.iterdir()) if f.is_file())
@@ -153,7 +156,7 @@ def run_dir(out, model: str, nation: str, method: str) -> Path:
     return Path(out)/'runs'/safe_name(label(model))/nation/method
 
 # %% ../nbs/10b_grid.ipynb #027d7c0a
-def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int):
+def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int, **backend):
     "Run `navab robustness` for a model on a nation's samples into `mc_dir/robustness` unless done with the same inputs."
     from navab.robustness import robustness, default_variations
     d = mc_dir/'robustness'
@@ -161,14 +164,14 @@ def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | No
     if (d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file(): return d
     data = pl.read_parquet(samples_path)
     if not len(data): raise ValueError(f"{samples_path}: no samples for {nation}")
-    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=mc_dir/'cache', progress=False)
+    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=mc_dir/'cache', progress=False, **backend)
     atomic_write(d/'.grid-key', lambda t: t.write_text(key))
     return d
 
 # %% ../nbs/10b_grid.ipynb #24bbba53
 def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: int | None = None, aj_limit: int | None = None,
                   seed: int = 0, max_new_tokens: int = 32, opinions=None, batch_size: int = 16, robust_limit: int | None = None,
-                  opinions_limit: int | None = None) -> dict:
+                  opinions_limit: int | None = None, **backend) -> dict:
     "Evaluate a model on a nation's samples with each method (cached): {method: run folder}; `robustness` goes beside the MC run."
     from navab.evaluate import evaluate
     dirs = {}
@@ -178,13 +181,13 @@ def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: in
         src = opinions if m == 'opinions' else samples_path
         if m == 'opinions' and not src: continue
         if m == 'robustness':   # beside the MC run (its report shows it), sharing the MC run's score cache
-            _robust(model, nation, samples_path, run_dir(out, model, nation, 'mc'), lim, seed, batch_size); continue
+            _robust(model, nation, samples_path, run_dir(out, model, nation, 'mc'), lim, seed, batch_size, **backend); continue
         key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens), [src])
         if not ((d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file() and (d/'scores.parquet').is_file()):
             if m == 'opinions': data = read_opinions(src, [nation]).valid
             else: data = pl.read_parquet(src)
             if not len(data): raise ValueError(f"{src}: no {'opinion items' if m == 'opinions' else 'samples'} for {nation}")
-            evaluate(data, model, d, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+            evaluate(data, model, d, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False, **backend)
             atomic_write(d/'.grid-key', lambda t: t.write_text(key))
         dirs[m] = d
     return dirs
@@ -474,7 +477,7 @@ def pair_job(job: dict) -> dict:
     try:
         dirs = evaluate_pair(model, nation, job['samples'], job['methods'], out, job.get('limit'), job.get('aj_limit'), job.get('seed', 0),
                              job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'),
-                             opinions_limit=job.get('opinions_limit'))
+                             opinions_limit=job.get('opinions_limit'), **job.get('backend', {}))
     except Exception as e:
         msg = f"evaluate: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         return dict(_save(out, dict(base, name=name, status='failed', error=msg, headline='', html='', ipynb='', key='')), skipped=False, runs=[])
@@ -531,7 +534,8 @@ def _study_job(out: Path, runs: list, template: Path, seed: int, settings: Path,
 def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'), out: str | Path = 'reports', workers: int = 1,
              limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
-             reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None) -> Path:
+             reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None,
+             backend: dict | None = None) -> Path:
     "Evaluate and report every model x nation (papermill), then the study report, then `out/index.html`: its path."
     from tqdm.auto import tqdm
     S = load_settings(settings); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
@@ -546,7 +550,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
         if not k: continue
         jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
                       opinions_limit=opinions_limit, max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
-                      no_input=no_input, timeout=timeout) for m in models]
+                      no_input=no_input, timeout=timeout, backend=backend or {}) for m in models]
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
     if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")
     recs, bar = [], tqdm(total=len(jobs) + 1, desc='grid', disable=not progress)
@@ -575,7 +579,8 @@ def cmd_grid(a) -> int:
     idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or S.grid['nations'], parse_samples(a.samples),
                    split(a.methods) or S.grid['methods'], a.out, a.workers or S.grid['workers'], a.limit, a.seed if a.seed is not None else S.seed,
                    not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout,
-                   robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit)
+                   robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit,
+                   backend=dict(tokenizer=a.tokenizer, concurrency=a.concurrency))
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
         print(f"  {r['name']:<32} {r['status']:<7} {'(skipped) ' if r.get('skipped') else ''}{r.get('headline') if r['status'] == 'ok' else r.get('error')}")
@@ -587,7 +592,9 @@ def cmd_grid(a) -> int:
 def add_cli(sub):
     "Add `navab grid` to the CLI's subcommands."
     p = sub.add_parser('grid', help='evaluate every model x nation, run the papermill reports, publish HTML and index.html')
-    p.add_argument('--models', help='comma-separated models (default: settings [grid] models)')
+    p.add_argument('--models', help='comma-separated models, servers too: http(s)://host:port/v1#served-name (default: settings [grid] models)')
+    p.add_argument('--tokenizer', help="the served models' tokenizer (HF id or folder; default: each served name)")
+    p.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
     p.add_argument('--nations', help='comma-separated nation codes (default: settings [grid] nations)')
     p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation) or folders holding <NATION>/samples.parquet')
     p.add_argument('--methods', help='comma-separated: mc, aj, opinions, robustness (default: settings [grid] methods)')

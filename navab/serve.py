@@ -130,11 +130,12 @@ class Server:
 # %% ../nbs/04c_serve.ipynb #c2a13cbd
 def server_message(r) -> str:
     "The message of a server's error response on one line: vLLM's `message`, OpenAI's `error.message`, FastAPI's `detail`, else its text."
-    try:
-        d = r.json()
-        msg = d.get('message') or (d.get('error') or {}).get('message') if isinstance(d.get('error'), dict) else d.get('message') or d.get('error') or d.get('detail')
-        msg = msg or d.get('detail')
-    except Exception: msg = None
+    try: d = r.json()
+    except Exception: d = None
+    msg = None
+    if isinstance(d, dict):
+        e = d.get('error')
+        msg = d.get('message') or (e.get('message') if isinstance(e, dict) else e) or d.get('detail')
     return ' '.join(str(msg or r.text or r.reason_phrase).split())[:300]
 
 def _post(url: str, body: dict, retries: int, backoff: float, timeout: float, api_key: str | None) -> dict:
