@@ -145,7 +145,7 @@ def test_a_server_with_another_tokenizer_is_refused(tiny_model, tmp_path):
 
 # ---- real: the embedded models on the real HK samples ----
 
-HK = 16   # samples per check: MC (answer and navab scoring) and AJ, through hf and through a navab serve process
+HK = 12   # samples per check (long Chinese prompts): MC (answer and navab scoring) and AJ, through hf and through a navab serve process
 
 
 def _hk(shared):
@@ -162,6 +162,7 @@ def _compare_runs(a: Path, b: Path):
         rb.select('sample_id', 'stage', 'option', 'context', 'continuation', 'n_tokens', 'is_greedy'))
     d = (ra['logprob'] - rb['logprob']).abs().max()
     assert d <= 1e-3, d
+    if 'answer' in sa.columns: assert sa['answer'].to_list() == sb['answer'].to_list()   # AJ: the same generated answers
     return d
 
 
@@ -174,13 +175,14 @@ def test_hk_samples_hf_equals_openai(model, shared, tmp_path):
     diffs = {}
     with serve(model) as (url, _):
         spec = f"{url}/v1#{model}"
-        for method, scoring in (('mc', 'answer'), ('mc', 'navab'), ('aj', 'answer')):
+        for method, scoring in (('aj', 'answer'), ('mc', 'navab')):     # an AJ run holds its MC requests (answer scoring) too
             kw = dict(method=method, scoring=scoring, max_new_tokens=8, progress=False)
             a, b = tmp_path / f'hf-{method}-{scoring}', tmp_path / f'oa-{method}-{scoring}'
             evaluate(S, model, a, **kw)
-            if (model, method, scoring) == ('smollm2-135m', 'mc', 'answer'):   # the command a researcher types
+            if (model, method) == ('smollm2-135m', 'aj'):                   # the command a researcher types
                 r = subprocess.run([NAVAB, 'evaluate', '--samples', str(shared / 'navab-hk' / 'human_statement_result.json'), '--nation', 'CN',
-                                    '--model', spec, '--limit', str(HK), '--out', str(b)], capture_output=True, text=True)
+                                    '--model', spec, '--method', 'aj', '--max-new-tokens', '8', '--limit', str(HK), '--out', str(b)],
+                                   capture_output=True, text=True)
                 assert r.returncode == 0, r.stderr[-500:]
                 assert json.loads((b / 'summary.json').read_text())['backend'] == 'openai'
             else: evaluate(S, spec, b, **kw)
@@ -190,7 +192,10 @@ def test_hk_samples_hf_equals_openai(model, shared, tmp_path):
 
 @pytest.mark.slow
 def test_lm_eval_local_completions_agrees_with_its_hf_model(shared):
-    "lm-evaluation-harness's own client (local-completions, token-id prompts) through navab serve = lm-eval's hf model on the same weights."
+    "lm-evaluation-harness's own client (local-completions, token-id prompts) through navab serve = lm-eval's hf model on the same weights.
+
+    Continuations are short (answer labels, a prompt's last 12 characters): summed over ~200 tokens, lm-eval's padded hf
+    batches and navab's engine drift apart by about 1e-3 (6e-6 a token), which says nothing about the protocol."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
     from lm_eval.models.openai_completions import LocalCompletionsAPI
@@ -198,8 +203,9 @@ def test_lm_eval_local_completions_agrees_with_its_hf_model(shared):
     from navab.models import convert_embedded
     path = str(convert_embedded('smollm2-135m'))
     R = mc_requests(mc_prompts(_hk(shared).head(8)), 'answer')
-    R = pl.concat([R, mc_requests(mc_prompts(_hk(shared).slice(8, 4)), 'navab').with_columns(   # and whole prompts after a short context
-        pl.col('continuation').str.slice(12), pl.col('continuation').str.slice(0, 12).alias('context'))])
+    W = mc_requests(mc_prompts(_hk(shared).slice(8, 4)), 'navab')          # and whole prompts cut 12 characters before their end
+    R = pl.concat([R, W.with_columns(pl.col('continuation').str.slice(0, pl.col('continuation').str.len_chars() - 12).alias('context'),
+                                     pl.col('continuation').str.slice(pl.col('continuation').str.len_chars() - 12))])
     insts = lambda: [Instance('loglikelihood', {}, (c, x), i) for i, (c, x) in enumerate(zip(R['context'], R['continuation']))]
     with serve('smollm2-135m') as (url, _):
         lm = LocalCompletionsAPI(base_url=f"{url}/v1/completions", model='smollm2-135m', tokenizer_backend='huggingface', tokenizer=path,
