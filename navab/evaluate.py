@@ -148,9 +148,9 @@ def _summary_groups(scores: pl.DataFrame, seed: int) -> dict:
 # %% ../nbs/06_evaluate.ipynb #2200aca9
 def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = 'mc', scoring: str = 'answer', norm: str = 'none',
              batch_size: int = 16, limit: int | None = None, seed: int = 0, judge: str | None = None, chat: bool = False,
-             dtype: str = 'float32', max_new_tokens: int = 48, templates: dict | None = None, progress: bool = True,
+             dtype: str = 'auto', max_new_tokens: int = 48, templates: dict | None = None, progress: bool = True, device: str = 'auto',
              tokenizer: str | None = None, concurrency: int = 8) -> dict:
-    "Evaluate `model` (a name, a server URL `http(s)://host:port/v1#name`, or a backend) with MC, AJ or opinions; write requests/scores/summary to `out`."
+    "Evaluate `model` (a name, a server URL `http(s)://host:port/v1#name`, or a backend) on samples (or opinion items) with MC, AJ or opinions; write requests/scores/summary to `out`."
     t0 = time.time()
     if method not in METHODS: raise ValueError(f"method {method!r}: one of {', '.join(METHODS)}")
     if norm not in NORMS: raise ValueError(f"norm {norm!r}: one of {', '.join(NORMS)}")
@@ -159,7 +159,7 @@ def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = '
     if limit: samples = samples.head(limit)
     if not len(samples): raise ValueError("no samples to evaluate")
     T = templates or load_templates()
-    B = get_backend(model, dtype=dtype, tokenizer=tokenizer, concurrency=concurrency)   # hf in process, or openai over HTTP: the same calls
+    B = get_backend(model, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency)   # hf in process, or openai over HTTP: the same calls
     tok, info, model = B.tok, B.info, B.name
     ct = tok if chat else None
     cache = out/'cache'
@@ -178,7 +178,7 @@ def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = '
         if method == 'aj':
             ans = B.generate(aj_answer_prompts(samples, T, ct), run_dir=out/'generations', max_new_tokens=max_new_tokens,
                              seed=seed, chat=chat, batch_size=max(1, batch_size // 2), progress=progress)
-            J = get_backend(judge, dtype=dtype, tokenizer=tokenizer, concurrency=concurrency) if judge and judge != model else B
+            J = get_backend(judge, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency) if judge and judge != model else B
             JP = mc_prompts(samples, seed, T, kind='aj_judge', answers=ans, salt='aj', chat_tok=J.tok if chat else None)
             jreq = J.score(mc_requests(JP), run_dir=cache, batch_size=batch_size, progress=progress).with_columns(pl.lit('aj').alias('stage'))
             mc = sc.select('sample_id', pl.col('pred').alias('mc_pred'), pl.col('correct').alias('mc_correct'))
@@ -197,7 +197,7 @@ def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = '
     cols = [c for c in ('sample_id', 'stage', 'option', 'context', 'continuation', 'logprob', 'n_tokens', 'is_greedy') if c in req.columns]
     atomic_write(out/'requests.parquet', lambda t: req.select(cols).write_parquet(t))
     atomic_write(out/'scores.parquet', lambda t: sc.write_parquet(t))
-    summ = dict(summ, model=model, model_hash=info.hash, backend=B.kind, dtype=info.dtype, method=method, scoring=scoring if method != 'opinions' else 'answer',
+    summ = dict(summ, model=model, model_hash=info.hash, backend=B.kind, dtype=info.dtype, device=info.device, method=method, scoring=scoring if method != 'opinions' else 'answer',
                 norm=(('token' if scoring == 'navab' else norm) if method == 'mc' else 'none'), chat=chat, seed=seed,
                 navab_version=__version__, n_requests=len(req), wall_s=round(time.time() - t0, 2))
     _write_json(out/'summary.json', summ)

@@ -13,8 +13,8 @@ from .settings import load_settings
 from .llm import Generator, get_generator, extract_settings
 
 # %% auto #0
-__all__ = ['STAGES', 'QCOLS', 'stage_fn', 'plan_stages', 'corpus_hash', 'stage_hash', 'stage_counts', 'stage_file', 'extract',
-           'run_counts', 'write_outputs', 'EchoGenerator', 'add_cli']
+__all__ = ['STAGES', 'QCOLS', 'STREAM_BYTES', 'stage_fn', 'plan_stages', 'corpus_hash', 'stage_hash', 'stage_counts',
+           'stage_file', 'extract', 'run_counts', 'write_outputs', 'EchoGenerator', 'add_cli']
 
 # %% ../nbs/09_extract.ipynb #1ce589af
 STAGES = ('topics', 'statements', 'screen', 'conflict', 'source', 'samples')
@@ -45,10 +45,16 @@ def _hash(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 def corpus_hash(path) -> str:
-    "sha256 over the names and bytes of a corpus file or of the files of a corpus folder."
-    p, h = Path(path), hashlib.sha256()
-    for f in (sorted(x for x in p.rglob('*') if x.is_file()) if p.is_dir() else [p]):
-        h.update(f.name.encode()); h.update(f.read_bytes())
+    "sha256 over the names and bytes of a corpus file, of the files of a corpus folder, or of the shards a glob or URL names (read in 1 MiB chunks)."
+    import fsspec
+    from navab.data import corpus_files, _is_pattern
+    h = hashlib.sha256()
+    if _is_pattern(str(path)): files = corpus_files(path)
+    else: p = Path(path); files = [str(x) for x in sorted(x for x in p.rglob('*') if x.is_file())] if p.is_dir() else [str(p)]
+    for f in files:
+        h.update(f.rstrip('/').rsplit('/', 1)[-1].encode())
+        with fsspec.open(f, 'rb') as fh:
+            for b in iter(lambda: fh.read(1 << 20), b''): h.update(b)
     return h.hexdigest()
 
 # %% ../nbs/09_extract.ipynb #205eb8ce
@@ -86,9 +92,41 @@ def _options(stage: str, settings_path=None) -> dict:
             out[k.split('.', 1)[1]] = v
     return out
 
-def _load(corpus, nation: str, settings, limit: int | None):
+STREAM_BYTES = 256 << 20   # a local corpus larger than this (and any glob or URL) streams through partitioned Parquet
+
+def _streams(corpus) -> bool:
+    "Whether a corpus is read by streaming its shards (a glob, a URL, or more than `STREAM_BYTES` on disk)."
+    from navab.data import _is_pattern
+    if _is_pattern(str(corpus)): return True
+    p = Path(corpus)
+    return p.exists() and (sum(f.stat().st_size for f in p.rglob('*') if f.is_file()) if p.is_dir() else p.stat().st_size) > STREAM_BYTES
+
+def _load_streamed(corpus, nation: str, settings, limit: int | None, out: Path, key: str):
+    "Stream the corpus into `out/articles/nation=XX/part-*.parquet` (bounded memory), then read this nation's articles (the first `limit`)."
+    from navab.data import write_partitions
+    from navab.schema import schema
+    d = out/'articles'
+    m = write_partitions(corpus, d, nation, key=key, settings=settings)
+    parts = sorted((d/f'nation={nation}').glob('part-*.parquet'))
+    arts = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=schema('articles'))
+    arts = (arts.head(limit) if limit else arts).collect()
+    qp = sorted((d/'_quarantine').glob('part-*.parquet'))
+    q = pl.concat([pl.read_parquet(f) for f in qp]) if qp else None
+    n_nat = m['nations'].get(nation, 0)
+    return arts, q, dict(n_in=m['in'], valid=m['out'], quarantined=m['quarantined'], other=m['out'] - n_nat)
+
+def _load(corpus, nation: str, settings, limit: int | None, out: Path | None = None, key: str = ''):
     "Articles of `nation` from a corpus (loader rejects as quarantine rows); counts of the load step."
     from navab.data import load_articles
+    from navab.schema import quarantine_frame
+    if out is not None and _streams(corpus):
+        arts, q, c = _load_streamed(corpus, nation, settings, limit, Path(out), key)
+        q = q if q is not None else quarantine_frame()
+        q = pl.DataFrame({'row': [f"{f}:{r}" for f, r in zip(q['file'], q['row'])], 'stage': 'load',
+                          'reason': [f"{fl}: {r}" if fl else r for fl, r in zip(q['field'], q['reason'])], 'raw': q['raw']}, schema=QCOLS)
+        counts = dict(**{'in': c['n_in']}, out=len(arts), dropped=c['valid'] - len(arts), quarantined=c['quarantined'], other_nation=c['other'])
+        counts['balanced'] = counts['in'] == counts['out'] + counts['dropped'] + counts['quarantined']
+        return arts, q, counts
     ch = load_articles(corpus, nation, settings=settings)
     arts = ch.valid.filter(pl.col('nation') == nation)
     other = len(ch.valid) - len(arts)
@@ -112,17 +150,18 @@ def _uses_gen(stage: str, opts: dict) -> bool:
 
 # %% ../nbs/09_extract.ipynb #b9ece3fc
 def extract(corpus, nation: str, out, generator=None, stages=None, seed: int = 0, progress: bool = True,
-            limit: int | None = None, settings=None, options: dict | None = None) -> dict:
+            limit: int | None = None, settings=None, options: dict | None = None, device: str = 'auto', dtype: str = 'auto') -> dict:
     "Run the extraction stages for one nation's corpus into folder `out`, resuming what a killed run finished; returns counts."
     S = settings or load_settings()
     nat = S.nation(nation)
     nation, lang, out = nat.code, nat.lang, Path(out)
     todo = plan_stages(stages)
     out.mkdir(parents=True, exist_ok=True); (out/'quarantine').mkdir(exist_ok=True)
-    gen = get_generator(generator, run_dir=out/'cache', seed=seed, lang=lang)
-    arts, lq, lc = _load(corpus, nation, S, limit)
+    gen = get_generator(generator, run_dir=out/'cache', seed=seed, lang=lang, device=device, dtype=dtype)
+    ch = corpus_hash(corpus)
+    arts, lq, lc = _load(corpus, nation, S, limit, out, _hash('partition', ch, nation))
     atomic_write(out/'quarantine'/'load.parquet', lambda t: lq.write_parquet(t))
-    h, frame, ran = _hash('load', corpus_hash(corpus), nation, lang, limit), arts, set()
+    h, frame, ran = _hash('load', ch, nation, lang, limit), arts, set()
     for st in STAGES[:STAGES.index(todo[-1]) + 1]:
         opts = {**_options(st, S.path), **((options or {}).get(st, {}))}
         if st == 'topics': opts.setdefault('llm_labels', False)
@@ -200,7 +239,8 @@ class EchoGenerator(Generator):
 
 # %% ../nbs/09_extract.ipynb #42a97e83
 def _cmd_extract(a) -> int:
-    c = extract(a.corpus, a.nation, a.out, generator=a.generator, stages=a.stages, seed=a.seed, limit=a.limit, progress=not a.quiet)
+    c = extract(a.corpus, a.nation, a.out, generator=a.generator, stages=a.stages, seed=a.seed, limit=a.limit, progress=not a.quiet,
+                device=a.device, dtype=a.dtype)
     for st, v in c.items(): print(f"{st:10s} in {v['in']:5d}  out {v['out']:5d}  dropped {v['dropped']:5d}  quarantined {v['quarantined']:5d}")
     print(f"wrote {a.out}")
     return 0 if all(v['balanced'] for v in c.values()) else 1
@@ -231,6 +271,8 @@ def add_cli(sub):
     p.add_argument('--stages', nargs='+', default=None, help=f"stages to run, of: {', '.join(STAGES)} (default: all)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--limit', type=int, default=None, help="only the first N articles of the nation")
+    from navab.models import device_args
+    device_args(p)   # the local generator's
     p.add_argument('--quiet', action='store_true', help="no progress bars")
     p.set_defaults(fn=_cmd_extract)
     r = sub.add_parser('review', help="export a review sheet of a run's samples, or import a filled one")

@@ -99,7 +99,7 @@ def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, voc
     if P:
         base(input_ids=x[:1, :P], attention_mask=att[:1, :P], position_ids=pos[:1, :P], use_cache=True, **{kv: cache})
         cache.batch_repeat_interleave(len(ids))
-    h = base(input_ids=x[:, P:], attention_mask=att, position_ids=pos[:, P:], use_cache=True, **{kv: cache}).last_hidden_state[:, -1]
+    h = base(input_ids=x[:, P:], attention_mask=att, position_ids=pos[:, P:], use_cache=True, **{kv: cache}).last_hidden_state[:, -1].to(dev)
     outs, live, ends, last = [[] for _ in ids], list(range(len(ids))), set(eos), pos[:, -1]
     for step in range(max_new_tokens):
         logits = h @ W.T if bias is None else h @ W.T + bias
@@ -112,12 +112,12 @@ def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, voc
             if t not in ends and not (halt and any(s in tok.decode(outs[r]) for s in halt)): keep.append(j)
         if not keep or step == max_new_tokens - 1: break
         if len(keep) < len(live):            # finished answers leave the batch (and the KV cache)
-            k = torch.tensor(keep, device=dev)
+            k = torch.tensor(keep)             # CPU indices: valid for a KV cache spread over GPUs
             cache.batch_select_indices(k)
             att, last, nxt, live = att[k], last[k], nxt[k], [live[j] for j in keep]
             if allow is not None: allow = allow[k]
         att = torch.cat([att, torch.ones(len(live), 1, dtype=att.dtype, device=dev)], 1); last = last + 1
-        h = base(input_ids=nxt[:, None], attention_mask=att, position_ids=last[:, None], use_cache=True, **{kv: cache}).last_hidden_state[:, -1]
+        h = base(input_ids=nxt[:, None], attention_mask=att, position_ids=last[:, None], use_cache=True, **{kv: cache}).last_hidden_state[:, -1].to(dev)
     return outs
 
 # %% ../nbs/04b_generate.ipynb #0619faf8

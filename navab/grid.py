@@ -6,62 +6,19 @@ papermill report per model x nation and one study report over all runs, publish 
 
 # %% ../nbs/10b_grid.ipynb #3dd0325f
 from __future__ import annotations
-import hashlib, html, json, math, os, re, sys, time, traceback
+import fnmatch, hashlib, json, os, re, sys, time, traceback
 from pathlib import Path
-import numpy as np
 import polars as pl
 from . import __version__
 from .settings import load_settings, repo_root, safe_name
 from .schema import atomic_write
-from .data import load_samples, read_opinions
-from .stats import accuracy_table, bootstrap_ci, mcnemar_exact, paired_bootstrap, agreement
+from .data import load_samples, read_opinions, release_part, release_nations, parse_release
+from .analysis import h, label
 
 # %% auto #0
-__all__ = ['HK_FILES', 'SCORE_COLS', 'REPORTS', 'h', 'html_table', 'show', 'show_fig', 'heading', 'parse_samples', 'find_samples',
-           'nation_samples', 'file_hash', 'run_key', 'label', 'run_dir', 'evaluate_pair', 'load_scores',
-           'worst_samples', 'mc_aj_table', 'grid_table', 'paired_table', 'share_frame', 'fit_share_model',
-           'consistency', 'source_table', 'opinion_table', 'plot_ci', 'plot_heatmap', 'show_robustness', 'to_html',
-           'execute_report', 'pair_job', 'write_index', 'run_grid', 'cmd_grid', 'add_cli']
-
-# %% ../nbs/10b_grid.ipynb #2d563b36
-def h(x) -> str:
-    "HTML-escape anything (None shows as an empty cell)."
-    return '' if x is None else html.escape(str(x), quote=True)
-
-# %% ../nbs/10b_grid.ipynb #0c8c134d
-def _fmt(v, digits: int = 3) -> str:
-    "A cell value as text: floats rounded, NaN/None empty, lists joined."
-    if v is None: return ''
-    if isinstance(v, float): return '' if math.isnan(v) else f"{v:.{digits}f}"
-    if isinstance(v, (list, tuple)): return ', '.join(map(str, v))
-    return str(v)
-
-def html_table(df: pl.DataFrame, caption: str = '', max_rows: int = 60, digits: int = 3) -> str:
-    "An HTML table of `df` with every cell and header escaped, and an escaped caption (say the n there)."
-    rows = df.head(max_rows).rows()
-    head = ''.join(f'<th>{h(c)}</th>' for c in df.columns)
-    body = ''.join('<tr>' + ''.join(f'<td>{h(_fmt(v, digits))}</td>' for v in r) + '</tr>' for r in rows)
-    more = f'<p class="more">{len(df) - max_rows} more rows not shown</p>' if len(df) > max_rows else ''
-    cap = f'<caption>{h(caption)}</caption>' if caption else ''
-    return f'<table class="navab">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}'
-
-# %% ../nbs/10b_grid.ipynb #9a77d470
-def show(df: pl.DataFrame | str, caption: str = '', **kw):
-    "Display a table (escaped, with its caption) or an escaped line of text in a notebook."
-    from IPython.display import display, HTML
-    display(HTML(html_table(df, caption, **kw) if isinstance(df, pl.DataFrame) else f'<p>{h(df)}</p>'))
-
-def show_fig(fig, dpi: int = 90):
-    "Display a matplotlib figure as an embedded PNG and close it (the Agg backend displays nothing by itself)."
-    import io, matplotlib.pyplot as plt
-    from IPython.display import display, Image
-    b = io.BytesIO(); fig.savefig(b, format='png', dpi=dpi, bbox_inches='tight'); plt.close(fig)
-    display(Image(data=b.getvalue(), format='png'))
-
-def heading(text: str, level: int = 2):
-    "Display an escaped heading (titles carry data: model and nation names)."
-    from IPython.display import display, HTML
-    display(HTML(f'<h{level}>{h(text)}</h{level}>'))
+__all__ = ['HK_FILES', 'REPORTS', 'parse_samples', 'find_samples', 'nation_samples', 'file_hash', 'run_key', 'run_dir',
+           'evaluate_pair', 'to_html', 'execute_report', 'pair_job', 'write_index', 'ray_start', 'run_grid', 'cmd_grid',
+           'add_cli']
 
 # %% ../nbs/10b_grid.ipynb #2f1cdc12
 def parse_samples(specs) -> dict:
@@ -76,7 +33,8 @@ def parse_samples(specs) -> dict:
 HK_FILES = ('human_statement_result.json', 'official_statement_result.json')
 
 def _in_folder(folder: Path, nation: str) -> list:
-    "The samples a folder holds for a nation: its extraction output (`<NATION>/samples.parquet`) or a per-nation file."
+    "The samples a folder holds for a nation: its extraction output (`<NATION>/samples.parquet`), a per-nation file, or its config of a NaVAB release name."
+    if part := release_part(folder, nation): return [part]
     for c in (folder/nation/'samples.parquet', folder/nation.lower()/'samples.parquet', folder/'extract'/nation/'samples.parquet',
               folder/f'{nation}.parquet', folder/f'{nation}.jsonl'):
         if c.is_file(): return [c]
@@ -95,7 +53,7 @@ def find_samples(nations, samples: dict | None = None, settings=None, shared: st
         if not files and n == 'CN' and not samples.get('*') and (shared/'navab-hk').is_dir():
             files = [shared/'navab-hk'/f for f in HK_FILES if (shared/'navab-hk'/f).is_file()]
         for f in files:
-            if not Path(f).exists(): raise ValueError(f"samples for {n}: {f} not found")
+            if not Path(f).exists() and not parse_release(f, n): raise ValueError(f"samples for {n}: {f} not found")
         found[n] = [Path(f) for f in files]
     return found
 
@@ -137,12 +95,6 @@ def run_key(params: dict, files=()) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 # %% ../nbs/10b_grid.ipynb #f2ea7c0d
-def label(model: str) -> str:
-    "A model's display name: its embedded/hub name, the folder name of a local model, or a server's served name."
-    if str(model).startswith(('http://', 'https://')) and '#' in str(model): return str(model).split('#', 1)[1]
-    p = Path(str(model)).expanduser()
-    return p.name if p.is_dir() else str(model)
-
 def _model_stamp(model: str) -> str:
     "What identifies a model cheaply: its name, and for a local folder the names, sizes and times of its files."
     from navab.backend import is_remote, remote_stamp
@@ -156,22 +108,23 @@ def run_dir(out, model: str, nation: str, method: str) -> Path:
     return Path(out)/'runs'/safe_name(label(model))/nation/method
 
 # %% ../nbs/10b_grid.ipynb #027d7c0a
-def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int, **backend):
+def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int, device: str = 'auto',
+            dtype: str = 'float32', **backend):
     "Run `navab robustness` for a model on a nation's samples into `mc_dir/robustness` unless done with the same inputs."
     from navab.robustness import robustness, default_variations
     d = mc_dir/'robustness'
-    key = run_key(dict(model=_model_stamp(model), nation=nation, method='robustness', limit=limit, seed=seed), [samples_path, default_variations()])
+    key = run_key(dict(model=_model_stamp(model), nation=nation, method='robustness', limit=limit, seed=seed, dtype=dtype), [samples_path, default_variations()])
     if (d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file(): return d
     data = pl.read_parquet(samples_path)
     if not len(data): raise ValueError(f"{samples_path}: no samples for {nation}")
-    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=mc_dir/'cache', progress=False, **backend)
+    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=mc_dir/'cache', progress=False, device=device, dtype=dtype, **backend)
     atomic_write(d/'.grid-key', lambda t: t.write_text(key))
     return d
 
 # %% ../nbs/10b_grid.ipynb #24bbba53
 def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: int | None = None, aj_limit: int | None = None,
                   seed: int = 0, max_new_tokens: int = 32, opinions=None, batch_size: int = 16, robust_limit: int | None = None,
-                  opinions_limit: int | None = None, **backend) -> dict:
+                  opinions_limit: int | None = None, device: str = 'auto', dtype: str = 'float32', **backend) -> dict:
     "Evaluate a model on a nation's samples with each method (cached): {method: run folder}; `robustness` goes beside the MC run."
     from navab.evaluate import evaluate
     dirs = {}
@@ -181,213 +134,17 @@ def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: in
         src = opinions if m == 'opinions' else samples_path
         if m == 'opinions' and not src: continue
         if m == 'robustness':   # beside the MC run (its report shows it), sharing the MC run's score cache
-            _robust(model, nation, samples_path, run_dir(out, model, nation, 'mc'), lim, seed, batch_size, **backend); continue
-        key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens), [src])
+            _robust(model, nation, samples_path, run_dir(out, model, nation, 'mc'), lim, seed, batch_size, device, dtype, **backend); continue
+        key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, dtype=dtype), [src])
         if not ((d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file() and (d/'scores.parquet').is_file()):
             if m == 'opinions': data = read_opinions(src, [nation]).valid
             else: data = pl.read_parquet(src)
             if not len(data): raise ValueError(f"{src}: no {'opinion items' if m == 'opinions' else 'samples'} for {nation}")
-            evaluate(data, model, d, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False, **backend)
+            evaluate(data, model, d, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False,
+                     device=device, dtype=dtype, **backend)
             atomic_write(d/'.grid-key', lambda t: t.write_text(key))
         dirs[m] = d
     return dirs
-
-# %% ../nbs/10b_grid.ipynb #e790756a
-SCORE_COLS = ('sample_id', 'nation', 'source_type', 'topic', 'pred', 'gold', 'correct', 'margin')
-
-def load_scores(runs: list) -> pl.DataFrame:
-    "One long frame of sample-level results of MC/AJ runs (records with model, nation, method, dir)."
-    frames = []
-    for r in runs:
-        if r['method'] == 'opinions': continue
-        s = pl.read_parquet(Path(r['dir'])/'scores.parquet')
-        s = s.select([pl.col(c).cast(pl.Float64 if c == 'margin' else pl.Boolean if c == 'correct' else pl.String) if c in s.columns
-                      else pl.lit(None, pl.Float64 if c == 'margin' else pl.String).alias(c) for c in SCORE_COLS] +
-                     [pl.col('mc_correct').cast(pl.Boolean) if 'mc_correct' in s.columns else pl.lit(None, pl.Boolean).alias('mc_correct')])
-        frames.append(s.with_columns(pl.lit(label(r['model'])).alias('model'), pl.lit(r['method']).alias('method'), pl.lit(r['nation']).alias('nation')))
-    sch = {**{c: pl.String for c in SCORE_COLS}, 'correct': pl.Boolean, 'margin': pl.Float64, 'mc_correct': pl.Boolean, 'model': pl.String, 'method': pl.String}
-    return pl.concat(frames, how='vertical_relaxed') if frames else pl.DataFrame(schema=sch)
-
-# %% ../nbs/10b_grid.ipynb #59f365fe
-def worst_samples(scores: pl.DataFrame, samples: pl.DataFrame, k: int = 10) -> pl.DataFrame:
-    "The samples where the model goes most clearly against the nation's statement: question, S, RS, choice, margin."
-    w = scores.filter(pl.col('correct') == False).sort('margin').head(k)
-    extra = ['answer'] if 'answer' in w.columns else []
-    return w.join(samples.select(pl.col('id').alias('sample_id'), 'question', 'statement', 'reverse_statement'), on='sample_id', how='left',
-                  maintain_order='left').select('sample_id', 'question', pl.col('statement').alias('S'), pl.col('reverse_statement').alias('RS'),
-                  pl.when(pl.col('pred').is_null()).then(pl.lit('tie')).otherwise(pl.lit('RS')).alias('choice'), 'margin', *extra)
-
-# %% ../nbs/10b_grid.ipynb #5ea2c4b5
-def mc_aj_table(aj_scores: pl.DataFrame) -> dict:
-    "MC vs AJ on the same samples (AJ scores carry the MC decision): n, agreement, Cohen's kappa and the 2x2 counts."
-    s = aj_scores.filter(pl.col('correct').is_not_null() & pl.col('mc_correct').is_not_null())
-    a = agreement(s['mc_correct'].to_list(), s['correct'].to_list())
-    ct = s.group_by(pl.col('mc_correct').alias('MC prefers S'), pl.col('correct').alias('AJ prefers S')).len('n').sort(['MC prefers S', 'AJ prefers S'])
-    return dict(a, table=ct)
-
-# %% ../nbs/10b_grid.ipynb #9ae2f426
-def grid_table(scores: pl.DataFrame, method: str = 'mc', seed: int = 0) -> pl.DataFrame:
-    "Accuracy with CI and n per model and nation for one method."
-    return accuracy_table(scores.filter(pl.col('method') == method), ['model', 'nation'], seed=seed)
-
-def paired_table(scores: pl.DataFrame, method: str = 'mc', seed: int = 0) -> pl.DataFrame:
-    "Every pair of models on each nation's common samples: accuracies, difference with paired-bootstrap CI, exact McNemar."
-    s = scores.filter((pl.col('method') == method) & pl.col('correct').is_not_null())
-    models, rows = sorted(s['model'].unique()), []
-    for n in sorted(s['nation'].unique()):
-        for i, a in enumerate(models):
-            for b in models[i + 1:]:
-                j = s.filter((pl.col('nation') == n) & (pl.col('model') == a)).select('sample_id', pl.col('correct').alias('a')).join(
-                    s.filter((pl.col('nation') == n) & (pl.col('model') == b)).select('sample_id', pl.col('correct').alias('b')), on='sample_id')
-                if not len(j): continue
-                x, y = j['a'].to_numpy(), j['b'].to_numpy()
-                d, lo, hi = paired_bootstrap(x, y, seed=seed); mc = mcnemar_exact(x, y)
-                rows.append(dict(nation=n, model_a=a, model_b=b, n=len(j), acc_a=float(x.mean()), acc_b=float(y.mean()), diff=d, ci_low=lo, ci_high=hi,
-                                 only_a=mc['only_a'], only_b=mc['only_b'], p_mcnemar=mc['p_value']))
-    return pl.DataFrame(rows, schema={'nation': pl.String, 'model_a': pl.String, 'model_b': pl.String, 'n': pl.Int64, 'acc_a': pl.Float64, 'acc_b': pl.Float64,
-                                      'diff': pl.Float64, 'ci_low': pl.Float64, 'ci_high': pl.Float64, 'only_a': pl.Int64, 'only_b': pl.Int64, 'p_mcnemar': pl.Float64})
-
-# %% ../nbs/10b_grid.ipynb #16349c24
-def share_frame(scores: pl.DataFrame, table: pl.DataFrame, langs: dict) -> pl.DataFrame:
-    "Scores with `lang`, `share` (that language's pretraining share, null when unpublished) and `covered` (documented language: 1/0)."
-    rows = []
-    for m in table.iter_rows(named=True):
-        docs = [x.strip() for x in (m.get('languages') or '').replace(';', ',').split(',') if x.strip()]
-        for n, l in langs.items():
-            s = m.get(f'{l}_share')
-            cov = 1.0 if l in docs else (float(s > 0) if s is not None else (0.0 if docs else None))
-            rows.append(dict(model=m['model'], nation=n, share=s, covered=cov))
-    sh = pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'share': pl.Float64, 'covered': pl.Float64})
-    return scores.with_columns(pl.col('nation').replace_strict(langs, default=None).alias('lang')).join(sh, on=['model', 'nation'], how='left')
-
-# %% ../nbs/10b_grid.ipynb #d7767e78
-def fit_share_model(df: pl.DataFrame) -> dict:
-    "Logistic GLM of correctness on language share (or coverage when a share is unpublished) + topic fixed effects, with fallbacks."
-    import warnings
-    import statsmodels.formula.api as smf, statsmodels.api as sm
-    d = df.filter(pl.col('correct').is_not_null())
-    missing = sorted(d.filter(pl.col('share').is_null())['model'].unique().to_list())
-    x, notes = 'share', []
-    if missing and 'covered' in d.columns and d['covered'].null_count() == 0:
-        x = 'covered'
-        notes.append(f"pretraining share of the nation's language not published for {', '.join(missing)}: the covariate is `covered` "
-                     "(1 when the language is among the model's documented pretraining languages, else 0) for every model")
-    elif missing: notes.append(f"left out (share of the nation's language not published): {', '.join(missing)}")
-    d = d.filter(pl.col(x).is_not_null()).with_columns(pl.col('correct').cast(pl.Int64), pl.col('topic').fill_null('(none)'))
-    res = dict(ok=False, n=len(d), formula=None, coefs=None, notes=notes, models=sorted(d['model'].unique().to_list()), term=x)
-    if len(d) < 10 or d[x].n_unique() < 2 or d['correct'].n_unique() < 2:
-        res['notes'] = notes + [f"not estimable: {len(d)} samples, {d[x].n_unique()} distinct {x} values, "
-                                f"{d['correct'].n_unique()} outcome values (needs >= 10, >= 2 and 2)"]
-        return res
-    pdf = d.select('correct', x, 'topic', 'model', 'nation').to_pandas()
-    forms = ([f'correct ~ {x} + C(topic)'] if d['topic'].n_unique() > 1 else []) + [f'correct ~ {x}']
-    for f in forms:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('error')
-                r = smf.glm(f, pdf, family=sm.families.Binomial()).fit()
-            ci = r.conf_int()
-            if not (np.all(np.isfinite(r.params)) and np.all(np.isfinite(r.bse)) and np.all(r.bse < 50)): raise ValueError('coefficients or standard errors not finite (separation)')
-        except Exception as e:
-            res['notes'].append(f"{f}: not fitted ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); falling back to fewer terms")
-            continue
-        co = pl.DataFrame(dict(term=list(r.params.index), coef=r.params.values, ci_low=ci[0].values, ci_high=ci[1].values, p_value=r.pvalues.values))
-        co = co.with_columns(pl.col('coef').exp().alias('odds_ratio'))
-        return dict(res, ok=True, formula=f, coefs=co, aic=float(r.aic), n_topics=int(d['topic'].n_unique()),
-                    share_values=sorted(d[x].unique().to_list()))
-    res['notes'].append('no formula could be fitted')
-    return res
-
-# %% ../nbs/10b_grid.ipynb #2e17701b
-def consistency(scores: pl.DataFrame) -> tuple:
-    "Per AJ run: n, agreement and kappa with MC on its samples; across runs: Spearman correlation of MC and AJ accuracy."
-    from scipy.stats import spearmanr
-    aj = scores.filter((pl.col('method') == 'aj') & pl.col('mc_correct').is_not_null() & pl.col('correct').is_not_null())
-    rows = []
-    for (m, n), g in aj.group_by(['model', 'nation'], maintain_order=True):
-        a = agreement(g['mc_correct'].to_list(), g['correct'].to_list())
-        rows.append(dict(model=m, nation=n, n=a['n'], agreement=a['agreement'], kappa=a['kappa'], acc_mc=float(g['mc_correct'].mean()), acc_aj=float(g['correct'].mean())))
-    t = pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'n': pl.Int64, 'agreement': pl.Float64, 'kappa': pl.Float64,
-                                   'acc_mc': pl.Float64, 'acc_aj': pl.Float64}).sort(['model', 'nation'])
-    rho, p = (float('nan'), float('nan'))
-    if len(t) >= 3 and t['acc_mc'].n_unique() > 1 and t['acc_aj'].n_unique() > 1:
-        r = spearmanr(t['acc_mc'].to_numpy(), t['acc_aj'].to_numpy()); rho, p = float(r.statistic), float(r.pvalue)
-    return t, dict(n_runs=len(t), spearman=rho, p_value=p)
-
-# %% ../nbs/10b_grid.ipynb #315de783
-def source_table(scores: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
-    "Accuracy with CI and n per model, method and source type (official: the outlet's voice; quoted: a named speaker)."
-    return accuracy_table(scores.filter(pl.col('source_type').is_not_null()), ['method', 'model', 'source_type'], seed=seed)
-
-def opinion_table(runs: list, seed: int = 0) -> pl.DataFrame:
-    "GlobalOpinionQA: mean 1 - JSD (base 2) with CI and n items per model and nation, from the opinions runs."
-    rows = []
-    for r in runs:
-        if r['method'] != 'opinions': continue
-        s = pl.read_parquet(Path(r['dir'])/'scores.parquet')
-        est, lo, hi = bootstrap_ci(s['similarity'].to_numpy(), seed=seed)
-        rows.append(dict(model=label(r['model']), nation=r['nation'], n=len(s), similarity=est, ci_low=lo, ci_high=hi))
-    return pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'n': pl.Int64, 'similarity': pl.Float64, 'ci_low': pl.Float64, 'ci_high': pl.Float64})
-
-# %% ../nbs/10b_grid.ipynb #be952fb3
-def plot_ci(t: pl.DataFrame, x: str, y: str = 'accuracy', hue: str | None = None, title: str = '', ax=None, ref: float | None = 0.5):
-    "Points with 95% CI bars (columns y, ci_low, ci_high, n) per x (and hue); each mark labelled with its n."
-    import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(max(4, 0.9 * len(t) + 2), 3.2))[1]
-    groups = [(None, t)] if hue is None else list(t.group_by(hue, maintain_order=True))
-    xs = list(dict.fromkeys(t[x].cast(pl.String).fill_null('(none)').to_list()))
-    for k, (g, d) in enumerate(groups):
-        off = (k - (len(groups) - 1) / 2) * 0.12
-        px = [xs.index(v) + off for v in d[x].cast(pl.String).fill_null('(none)').to_list()]
-        yv, lo, hi = d[y].to_numpy(), d['ci_low'].to_numpy(), d['ci_high'].to_numpy()
-        ax.errorbar(px, yv, yerr=[yv - lo, hi - yv], fmt='o', capsize=3, label=None if g is None else str(g[0] if isinstance(g, tuple) else g))
-        for a, b, n in zip(px, yv, d['n'].to_list()): ax.annotate(f'n={n}', (a, b), textcoords='offset points', xytext=(4, 4), fontsize=7)
-    if ref is not None: ax.axhline(ref, color='grey', lw=0.8, ls=':')
-    ax.set_xticks(range(len(xs)), xs, rotation=20 if len(xs) > 4 else 0); ax.set_ylabel(y); ax.set_ylim(-0.05, 1.05)
-    ax.set_title(title, fontsize=10)
-    if hue is not None: ax.legend(fontsize=7, title=hue, title_fontsize=7)
-    return ax
-
-def plot_heatmap(t: pl.DataFrame, value: str = 'accuracy', title: str = '', ax=None):
-    "A models x nations heatmap, each cell annotated with the value, its 95% CI and n."
-    import matplotlib.pyplot as plt
-    ms, ns = sorted(t['model'].unique()), list(dict.fromkeys(t['nation'].to_list()))
-    ax = ax or plt.subplots(figsize=(1.6 * len(ns) + 2.5, 0.9 * len(ms) + 1.4))[1]
-    M = np.full((len(ms), len(ns)), np.nan)
-    for r in t.iter_rows(named=True):
-        i, j = ms.index(r['model']), ns.index(r['nation']); M[i, j] = r[value]
-        ax.text(j, i, f"{r[value]:.2f}\n[{r['ci_low']:.2f}, {r['ci_high']:.2f}]\nn={r['n']}", ha='center', va='center', fontsize=7)
-    im = ax.imshow(M, cmap='RdYlGn', vmin=0, vmax=1, aspect='auto')
-    ax.set_xticks(range(len(ns)), ns); ax.set_yticks(range(len(ms)), ms); ax.set_title(title, fontsize=10)
-    plt.colorbar(im, ax=ax, fraction=0.04)
-    return ax
-
-# %% ../nbs/10b_grid.ipynb #0acbad7a
-def show_robustness(dirs, seed: int = 0) -> list:
-    "Show the robustness results found beside run folders (`DIR/robustness/`): stable-decision share, accuracy per variation with CI."
-    found = [Path(d)/'robustness' for d in dirs if (Path(d)/'robustness'/'summary.json').is_file()]
-    if not found:
-        show('No robustness runs for these runs (navab robustness --out RUN_DIR/robustness writes them).'); return []
-    for r in found:
-        heading(f'Robustness: {Path(os.path.relpath(r.parent, Path.cwd()))}', 3)
-        try:
-            from navab.robustness import robustness_section
-            sec = robustness_section(r)
-        except Exception as e:   # an unfinished or older robustness folder: show what is there
-            show(f"{type(e).__name__}: {e}")
-            s = json.loads((r/'summary.json').read_text(encoding='utf-8'))
-            flat = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
-            show(pl.DataFrame(dict(key=list(flat), value=[_fmt(v) for v in flat.values()])), f"summary.json (n = {s.get('n_samples', s.get('n', '?'))} samples)")
-            continue
-        for line in sec['text']: show(line)
-        v = sec['variations']
-        cols = [c for c in ('name', 'status', 'n', 'accuracy', 'ci_low', 'ci_high', 'n_ties', 'reason') if c in v.columns]
-        show(v.select(cols), f"accuracy per prompt variation with bootstrap 95% CI (n = samples per variation; {len(v)} variations)")
-        ok = v.filter(pl.col('status') == 'ok') if 'status' in v.columns else v
-        if len(ok) and {'accuracy', 'ci_low', 'ci_high', 'n'} <= set(ok.columns):
-            ax = plot_ci(ok, 'name', title=f"accuracy per variation; stable-decision share {sec['summary']['stable_share']:.2f} (n = {sec['summary']['n_samples']})")
-            show_fig(ax.figure)
-    return found
 
 # %% ../nbs/10b_grid.ipynb #1eccb67e
 REPORTS = repo_root()/'nbs'/'reports'
@@ -469,26 +226,43 @@ def _report(out: Path, name: str, template: Path, params: dict, inputs: list, ba
                seconds=round(time.time() - t0, 2), **r)
     return dict(_save(out, rec), skipped=False)
 
-def pair_job(job: dict) -> dict:
-    "Evaluate one model on one nation (each method) and run its report: the job's record (never raises)."
+def _evaluate_job(job: dict, methods=None) -> dict:
+    "Evaluate a job's model on its nation with `methods` (default: the job's own): {method: run folder}."
+    return evaluate_pair(job['model'], job['nation'], job['samples'], methods or job['methods'], Path(job['out']), job.get('limit'), job.get('aj_limit'),
+                         job.get('seed', 0), job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'),
+                         opinions_limit=job.get('opinions_limit'), device=job.get('device', 'auto'), dtype=job.get('dtype', 'float32'),
+                         **job.get('backend', {}))
+
+def _pair(job: dict) -> tuple:
+    "A job's report name and the fields every record of it carries."
+    return f"run-{safe_name(label(job['model']))}-{job['nation']}", dict(kind='run', model=label(job['model']), nation=job['nation'])
+
+def _failed(out: Path, name: str, base: dict, error: str) -> dict:
+    "Save and return a failed record."
+    return dict(_save(Path(out), dict(base, name=name, status='failed', error=error, headline='', html='', ipynb='', key='')), skipped=False)
+
+def _report_job(job: dict, dirs: dict) -> dict:
+    "Run a job's report over its evaluated run folders: its record, with the runs it rests on (never raises)."
     out, model, nation = Path(job['out']), job['model'], job['nation']
-    name = f"run-{safe_name(label(model))}-{nation}"
-    base = dict(kind='run', model=label(model), nation=nation)
-    try:
-        dirs = evaluate_pair(model, nation, job['samples'], job['methods'], out, job.get('limit'), job.get('aj_limit'), job.get('seed', 0),
-                             job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'),
-                             opinions_limit=job.get('opinions_limit'), **job.get('backend', {}))
-    except Exception as e:
-        msg = f"evaluate: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-        return dict(_save(out, dict(base, name=name, status='failed', error=msg, headline='', html='', ipynb='', key='')), skipped=False, runs=[])
+    name, base = _pair(job)
     rel = {m: os.path.relpath(d, out) for m, d in dirs.items()}
     params = dict(model=label(model), nation=nation, samples=os.path.relpath(job['samples'], out), runs=rel, seed=job.get('seed', 0))
     inputs = [job['samples']] + [Path(d)/f for d in dirs.values() for f in ('scores.parquet', 'summary.json', 'robustness/summary.json',
                                                                             'robustness/variations.parquet', 'robustness/flips.parquet')]
     try: rec = _report(out, name, job['template'], params, inputs, base, job.get('no_input', True), job.get('timeout', 900), f"navab: {label(model)} x {nation}")
-    except Exception as e:
-        rec = dict(_save(out, dict(base, name=name, status='failed', error=f"{type(e).__name__}: {e}"[:300], headline='', html='', ipynb='', key='')), skipped=False)
+    except Exception as e: rec = _failed(out, name, base, f"{type(e).__name__}: {e}"[:300])
     return dict(rec, runs=[dict(model=model, nation=nation, method=m, dir=str(d)) for m, d in dirs.items()])
+
+def _first(e: Exception) -> str:
+    "An exception as one short line."
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+def pair_job(job: dict) -> dict:
+    "Evaluate one model on one nation (each method) and run its report: the job's record (never raises)."
+    name, base = _pair(job)
+    try: dirs = _evaluate_job(job)
+    except Exception as e: return dict(_failed(job['out'], name, base, f"evaluate: {_first(e)}"), runs=[])
+    return _report_job(job, dirs)
 
 # %% ../nbs/10b_grid.ipynb #7c374140
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
@@ -511,6 +285,106 @@ def write_index(out: str | Path, records: list, notes: list = (), title: str = '
             f'<table><thead><tr><th>report</th><th>model</th><th>nation</th><th>status</th><th>result</th></tr></thead><tbody>{rows}</tbody></table>'
             + (f'<h2>Notes</h2><ul>{note}</ul>' if note else '') + '</body></html>')
     return _public(atomic_write(out/'index.html', lambda t: t.write_text(page, encoding='utf-8')))
+
+# %% ../nbs/10b_grid.ipynb #c876645e
+def _kill_point(job: dict, name: str):
+    "Fault injection for tests: end this process abruptly when the job's `kill` spec (`PATTERN[@MARKER]`) matches the task name."
+    pat, _, once = (job.get('kill') or '').partition('@')
+    if not pat or not fnmatch.fnmatchcase(name, pat): return
+    if once:
+        if Path(once).exists(): return
+        Path(once).write_text(name)
+    os._exit(3)
+
+def _in_cwd(job: dict):
+    "Work in the driver's folder (relative model and sample paths mean the same on a worker) when this node has it."
+    if job.get('cwd') and Path(job['cwd']).is_dir(): os.chdir(job['cwd'])
+
+# %% ../nbs/10b_grid.ipynb #d020b1c9
+def _ray_eval(job: dict, method: str, *after) -> dict:
+    "Ray task: evaluate one model x nation x method (after the tasks in `after`): {'dirs': {method: folder}} or {'error': ...}."
+    _kill_point(job, f"eval-{safe_name(label(job['model']))}-{job['nation']}-{method}"); _in_cwd(job)
+    try: return dict(dirs={m: str(d) for m, d in _evaluate_job(job, [method]).items()})
+    except Exception as e: return dict(error=f"evaluate: {_first(e)}")
+
+def _ray_report(job: dict, *evals) -> dict:
+    "Ray task: the run report of one model x nation over its evaluations' results: its record (the evaluate error when one failed)."
+    name, base = _pair(job)
+    _kill_point(job, name); _in_cwd(job)
+    err = [e['error'] for e in evals if 'error' in e]
+    if err: return dict(_failed(job['out'], name, base, err[0]), runs=[])
+    dirs = {m: d for e in evals for m, d in e['dirs'].items()}
+    return _report_job(job, {m: Path(dirs[m]) for m in job['methods'] if m in dirs})   # the job's method order, as in-process
+
+def _ray_study(job: dict, runs: list) -> dict:
+    "Ray task: the study report over all runs: its record."
+    _kill_point(job, 'study'); _in_cwd(job)
+    return _study_job(Path(job['out']), runs, Path(job['template']), job['seed'], Path(job['settings']), job['no_input'], job['timeout'])
+
+# %% ../nbs/10b_grid.ipynb #18ec4fa8
+def _ray_children() -> list:
+    "This process's descendants that are Ray's (GCS, raylet, agents, workers)."
+    import psutil
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if 'ray' in ' '.join(p.cmdline()) or p.name().startswith(('ray', 'gcs_server', 'raylet')): out.append(p)
+        except psutil.Error: pass
+    return out
+
+def ray_start(address: str | None = None, num_cpus: int | None = None, tries: int = 3, **kw):
+    "Connect to a Ray cluster at `address` (or RAY_ADDRESS), else start a local instance; retried, and what a failed start left running is stopped."
+    import ray, psutil
+    local = address is None and not os.environ.get('RAY_ADDRESS')
+    opts = dict(include_dashboard=False, log_to_driver=False, **kw, **(dict(num_cpus=num_cpus) if local and num_cpus else {}))
+    for i in range(tries):
+        before = {p.pid for p in _ray_children()}
+        try: return ray.init(address=address, **opts)
+        except Exception as e:   # Ray 2.60's raylet gives its agents a fixed 15 s to start: a busy machine can miss it
+            ray.shutdown()
+            left = [p for p in _ray_children() if p.pid not in before]
+            for p in left:
+                try: p.kill()
+                except psutil.Error: pass
+            psutil.wait_procs(left, timeout=10)
+            err = e
+    raise RuntimeError(f"Ray did not start in {tries} tries ({'local instance' if local else address or os.environ['RAY_ADDRESS']}; "
+                       f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs): {type(err).__name__}: {str(err).splitlines()[0]}")
+
+# %% ../nbs/10b_grid.ipynb #bd3bf502
+def _ray_grid(jobs: list, study: dict, address: str | None = None, gpus_per_run: float = 0, retries: int = 2, workers: int = 1, bar=None) -> tuple:
+    "Run the grid's jobs and then its study report as Ray tasks: (records of the runs, record of the study or None)."
+    try: import ray
+    except ImportError as e: raise ImportError("--executor ray needs Ray: pip install 'navab[ray]'") from e
+    started = not ray.is_initialized()
+    if started: ray_start(address, num_cpus=workers if workers > 1 else None)
+    try:
+        extra = dict(cwd=os.getcwd(), kill=os.environ.get('NAVAB_FAULT_KILL', ''))
+        ev = ray.remote(_ray_eval).options(num_cpus=1, num_gpus=gpus_per_run or 0, max_retries=retries)
+        rp = ray.remote(_ray_report).options(num_cpus=1, max_retries=retries)
+        refs = {}
+        for j in jobs:
+            j, ms = dict(j, **extra), {}
+            for m in sorted(j['methods'], key=lambda m: m != 'mc'):   # MC first: robustness waits for it
+                ms[m] = ev.remote(j, m, *([ms['mc']] if m == 'robustness' and 'mc' in ms else []))
+            refs[rp.remote(j, *ms.values())] = j
+        recs, todo = [], list(refs)
+        while todo:
+            (ref,), todo = ray.wait(todo, num_returns=1)
+            try: r = ray.get(ref)
+            except Exception as e:   # the task (or one it waited for) was lost for good: the worker died more than `retries` times
+                name, base = _pair(refs[ref]); r = dict(_failed(refs[ref]['out'], name, base, f"ray: {_first(e)}"), runs=[])
+            recs.append(r)
+            if bar is not None: bar.update(); bar.set_postfix_str(f"{r['name']}: {r['status']}")
+        runs, srec = [x for r in recs for x in r.get('runs', [])], None
+        if runs:
+            s = dict(study, **extra)
+            try: srec = ray.get(ray.remote(_ray_study).options(num_cpus=1, max_retries=retries).remote(s, runs))
+            except Exception as e:
+                srec = _failed(s['out'], 'study', dict(kind='study', model='', nation=''), f"ray: {_first(e)}")
+        return recs, srec
+    finally:
+        if started: ray.shutdown()
 
 # %% ../nbs/10b_grid.ipynb #0cf7a3ee
 def _clean_partials(out: Path):
@@ -535,12 +409,16 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
              limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
              reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None,
-             backend: dict | None = None) -> Path:
-    "Evaluate and report every model x nation (papermill), then the study report, then `out/index.html`: its path."
+             executor: str = 'local', address: str | None = None, gpus_per_run: float = 0, retries: int = 2,
+             device: str = 'auto', dtype: str = 'auto', backend: dict | None = None) -> Path:
+    "Evaluate and report every model x nation (papermill; in local processes or as Ray tasks), then the study report, then `out/index.html`: its path."
+    if executor not in ('local', 'ray'): raise ValueError(f"executor {executor!r}: use 'local' or 'ray'")
     from tqdm.auto import tqdm
     S = load_settings(settings); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
     _clean_partials(out)
     reports = Path(reports) if reports else REPORTS
+    from navab.models import resolve_device, resolve_dtype
+    dtype = resolve_dtype(dtype, resolve_device(device))   # concrete, so a run's key says what it was scored in
     nations = [S.nation(n).code for n in nations]
     found, notes, jobs = find_samples(nations, samples, S), [], []
     for n in nations:
@@ -550,11 +428,14 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
         if not k: continue
         jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
                       opinions_limit=opinions_limit, max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
-                      no_input=no_input, timeout=timeout, backend=backend or {}) for m in models]
+                      no_input=no_input, timeout=timeout, device=device, dtype=dtype, backend=backend or {}) for m in models]
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
     if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")
     recs, bar = [], tqdm(total=len(jobs) + 1, desc='grid', disable=not progress)
-    if workers > 1 and len(jobs) > 1:
+    if executor == 'ray':
+        recs, study = _ray_grid(jobs, dict(out=str(out), template=str(reports/'study.ipynb'), seed=seed, settings=str(S.path), no_input=no_input,
+                                           timeout=timeout), address, gpus_per_run, retries, workers, bar)
+    elif workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context('spawn')) as ex:
@@ -563,8 +444,9 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     else:
         for j in jobs:
             recs.append(pair_job(j)); bar.update(); bar.set_postfix_str(f"{recs[-1]['name']}: {recs[-1]['status']}")
-    runs = [r for rec in recs for r in rec.get('runs', [])]
-    study = _study_job(out, runs, reports/'study.ipynb', seed, S.path, no_input, timeout) if runs else None
+    if executor == 'local':
+        runs = [r for rec in recs for r in rec.get('runs', [])]
+        study = _study_job(out, runs, reports/'study.ipynb', seed, S.path, no_input, timeout) if runs else None
     bar.update(); bar.close()
     recs = [{k: v for k, v in r.items() if k != 'runs'} for r in recs] + ([study] if study else [])
     atomic_write(out/'grid.json', lambda t: t.write_text(json.dumps(dict(records=recs, notes=notes), indent=1, default=str), encoding='utf-8'))
@@ -576,10 +458,12 @@ def cmd_grid(a) -> int:
     S = load_settings(a.settings)
     split = lambda s: [x.strip() for x in s.split(',') if x.strip()] if s else None
     t0 = time.time()
-    idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or S.grid['nations'], parse_samples(a.samples),
+    rel = list(dict.fromkeys(n for s in a.samples if '=' not in s for n in release_nations(s)))   # a release name brings its nations
+    idx = run_grid(split(a.models) or S.grid['models'], split(a.nations) or rel or S.grid['nations'], parse_samples(a.samples),
                    split(a.methods) or S.grid['methods'], a.out, a.workers or S.grid['workers'], a.limit, a.seed if a.seed is not None else S.seed,
                    not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout,
-                   robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit,
+                   robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, executor=a.executor, address=a.address,
+                   gpus_per_run=a.gpus_per_run, retries=a.retries, device=a.device, dtype=a.dtype,
                    backend=dict(tokenizer=a.tokenizer, concurrency=a.concurrency))
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
@@ -596,15 +480,22 @@ def add_cli(sub):
     p.add_argument('--tokenizer', help="the served models' tokenizer (HF id or folder; default: each served name)")
     p.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
     p.add_argument('--nations', help='comma-separated nation codes (default: settings [grid] nations)')
-    p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation) or folders holding <NATION>/samples.parquet')
+    p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation), folders holding <NATION>/samples.parquet, or the released NaVAB by name '
+                   '(JadenGGGeee/NaVAB[:CONFIG[/SPLIT]]: every nation it holds, unless --nations says otherwise)')
     p.add_argument('--methods', help='comma-separated: mc, aj, opinions, robustness (default: settings [grid] methods)')
     p.add_argument('--opinions', help='GlobalOpinionQA file for the opinions method')
     p.add_argument('--workers', type=int, help='reports run in this many processes (default: settings [grid] workers)')
+    p.add_argument('--executor', choices=('local', 'ray'), default='local', help='local processes (default) or Ray tasks (pip install navab[ray])')
+    p.add_argument('--address', help='Ray cluster address (default: RAY_ADDRESS, else a local Ray instance for this grid)')
+    p.add_argument('--gpus-per-run', type=float, default=0, help='GPUs Ray reserves for each evaluation task')
+    p.add_argument('--retries', type=int, default=2, help='Ray: times a task whose worker died is retried')
     p.add_argument('--limit', type=int, help='at most N samples per run'); p.add_argument('--aj-limit', type=int, help='at most N samples per AJ run')
     p.add_argument('--robustness-limit', type=int, help='at most N samples per robustness run')
     p.add_argument('--opinions-limit', type=int, help='at most N GlobalOpinionQA items per opinions run')
     p.add_argument('--max-new-tokens', type=int, default=32, help='AJ answer length cap')
     p.add_argument('--seed', type=int); p.add_argument('--settings')
+    from navab.models import device_args
+    device_args(p)
     p.add_argument('--show-input', action='store_true', help='keep the code cells in the HTML (default: --no-input)')
     p.add_argument('--timeout', type=int, default=900, help='seconds a report cell may run')
     p.add_argument('--no-progress', action='store_true')

@@ -40,15 +40,17 @@ def option_probs(logps: list) -> list:
 # %% ../nbs/08_llm.ipynb #d163e614
 class LocalGenerator(Generator):
     "A local transformers model through the `hf` backend (navab.generate, navab.score); both cached in `run_dir`."
-    def __init__(self, model: str, run_dir=None, dtype: str = 'float32', batch_size: int = 8, seed: int = 0):
-        self.name, self.run_dir, self.dtype, self.batch_size, self.seed = str(model), run_dir, dtype, batch_size, seed
+    def __init__(self, model: str, run_dir=None, dtype: str = 'auto', batch_size: int = 8, seed: int = 0, device: str = 'auto'):
+        from navab.models import resolve_device, resolve_dtype
+        self.name, self.run_dir, self.batch_size, self.seed, self.device = str(model), run_dir, batch_size, seed, device
+        self.dtype = resolve_dtype(dtype, resolve_device(device))   # concrete: it is part of the cache hash
         self._m = None
         if run_dir: Path(run_dir).mkdir(parents=True, exist_ok=True)
 
     def _load(self):
         if self._m is None:
             from navab.backend import HFBackend
-            self._m = HFBackend(self.name, dtype=self.dtype)
+            self._m = HFBackend(self.name, dtype=self.dtype, device=self.device)
         elif isinstance(self._m, tuple): self._m = HFBackend(None, loaded=self._m)   # a model loaded elsewhere
         return self._m
 
@@ -165,7 +167,8 @@ def default_generator(lang: str | None = None, path=None) -> str:
     return s.get(f'generator.{lang}') or s.get('generator') or 'smollm2-135m'
 
 # %% ../nbs/08_llm.ipynb #e8a9c7c7
-def get_generator(spec: str | None = None, run_dir=None, seed: int = 0, lang: str | None = None, **kw) -> Generator:
+def get_generator(spec: str | None = None, run_dir=None, seed: int = 0, lang: str | None = None, device: str = 'auto', dtype: str = 'auto',
+                  **kw) -> Generator:
     "A generator from a name: embedded/local/HF id -> LocalGenerator; 'http(s)://host:port/v1#model' -> HttpGenerator."
     if isinstance(spec, Generator): return spec
     spec = spec or default_generator(lang)
@@ -179,7 +182,7 @@ def get_generator(spec: str | None = None, run_dir=None, seed: int = 0, lang: st
         return HttpGenerator(url, model, run_dir=run_dir, seed=seed, **kw)
     from navab.models import resolve
     resolve(spec)  # a clear error for an unknown name, before any loading
-    return LocalGenerator(spec, run_dir=run_dir, seed=seed, **kw)
+    return LocalGenerator(spec, run_dir=run_dir, seed=seed, device=device, dtype=dtype, **kw)
 
 # %% ../nbs/08_llm.ipynb #8f138a53
 _MARK = re.compile(r'<\s*(/?)\s*(article|statement|instructions?|system|user|assistant)\s*>', re.I)

@@ -16,8 +16,8 @@ from .schema import atomic_write
 
 # %% auto #0
 __all__ = ['VARIATION_FIELDS', 'PERSONA', 'NATION_NAMES', 'default_variations', 'load_variations', 'persona', 'variation_prompts',
-           'variation_requests', 'format_test', 'flip_table', 'robustness', 'robustness_section', 'cmd_robustness',
-           'add_cli']
+           'variation_requests', 'format_test', 'flip_table', 'robustness', 'robustness_section', 'show_robustness',
+           'cmd_robustness', 'add_cli']
 
 # %% ../nbs/10_robustness.ipynb #152cd13f
 VARIATION_FIELDS = {'option_order': ('seeded', 's_first', 'rs_first'), 'labels': ('A/B', '1/2', 'text'),
@@ -170,8 +170,9 @@ def _as_variations(variations) -> list:
 
 # %% ../nbs/10_robustness.ipynb #7aaae8d0
 def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, seed: int = 0, limit: int | None = None,
-               batch_size: int = 16, dtype: str = 'float32', cache: str | Path | None = None, templates: dict | None = None,
-               n_permutations: int = 10_000, progress: bool = True, tokenizer: str | None = None, concurrency: int = 8) -> dict:
+               batch_size: int = 16, dtype: str = 'auto', cache: str | Path | None = None, templates: dict | None = None,
+               n_permutations: int = 10_000, progress: bool = True, device: str = 'auto',
+               tokenizer: str | None = None, concurrency: int = 8) -> dict:
     "Re-score `samples` with `model` (a name, a server URL, a backend or `(model, tok, info)`) under each variation; write variations/flips/summary to `out`."
     from tqdm.auto import tqdm
     from navab.evaluate import decide, load_templates
@@ -185,7 +186,7 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
     if not len(samples): raise ValueError("no samples to re-score")
     if samples['id'].n_unique() != len(samples): raise ValueError("samples: field 'id': duplicate sample ids (check the input with navab data check)")
     T = templates or load_templates()
-    B = get_backend(str(model) if isinstance(model, Path) else model, dtype=dtype, tokenizer=tokenizer, concurrency=concurrency)
+    B = get_backend(str(model) if isinstance(model, Path) else model, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency)
     tok, info = B.tok, B.info
     rows, dec, costs = [], {}, {}
     meta = samples.select(pl.col('id').alias('sample_id'), 'nation', 'source_type')
@@ -216,7 +217,7 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
     stable, (slo, shi) = k / len(ft), map(float, proportion_confint(k, len(ft), alpha=0.05, method='wilson'))
     spread = max(acc.values()) - min(acc.values())
     ci_w = first['ci_high'] - first['ci_low']
-    summ = dict(model=info.name, model_hash=info.hash, backend=B.kind, dtype=info.dtype, seed=seed, n_samples=len(samples), n_variations=len(acc),
+    summ = dict(model=info.name, model_hash=info.hash, backend=B.kind, dtype=info.dtype, device=getattr(info, 'device', 'cpu'), seed=seed, n_samples=len(samples), n_variations=len(acc),
                 variations=list(acc), skipped={r['name']: r['reason'] for r in vt.filter(pl.col('status') == 'skipped').iter_rows(named=True)},
                 stable_share=stable, stable_ci_low=slo, stable_ci_high=shi, mean_flips=float(ft['flips'].mean()), accuracy=acc,
                 accuracy_min=min(acc.values()), accuracy_max=max(acc.values()), spread=spread,
@@ -247,6 +248,33 @@ def robustness_section(folder: str | Path) -> dict:
             + (f"; Cochran's Q = {ft['cochran_q']:.2f}, df {ft['cochran_df']}, p = {ft['cochran_p']:.4f}." if ft['cochran_q'] is not None else '.')]
     return dict(summary=s, variations=pl.read_parquet(d/'variations.parquet'), flips=pl.read_parquet(d/'flips.parquet'), text=text)
 
+# %% ../nbs/10_robustness.ipynb #0acbad7a
+def show_robustness(dirs, seed: int = 0) -> list:
+    "Show the robustness results found beside run folders (`DIR/robustness/`): stable-decision share, accuracy per variation with CI."
+    import os
+    from navab.analysis import show, heading, show_fig, plot_ci, _fmt
+    found = [Path(d)/'robustness' for d in dirs if (Path(d)/'robustness'/'summary.json').is_file()]
+    if not found:
+        show('No robustness runs for these runs (navab robustness --out RUN_DIR/robustness writes them).'); return []
+    for r in found:
+        heading(f'Robustness: {Path(os.path.relpath(r.parent, Path.cwd()))}', 3)
+        try: sec = robustness_section(r)
+        except Exception as e:   # an unfinished or older robustness folder: show what is there
+            show(f"{type(e).__name__}: {e}")
+            s = json.loads((r/'summary.json').read_text(encoding='utf-8'))
+            flat = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
+            show(pl.DataFrame(dict(key=list(flat), value=[_fmt(v) for v in flat.values()])), f"summary.json (n = {s.get('n_samples', s.get('n', '?'))} samples)")
+            continue
+        for line in sec['text']: show(line)
+        v = sec['variations']
+        cols = [c for c in ('name', 'status', 'n', 'accuracy', 'ci_low', 'ci_high', 'n_ties', 'reason') if c in v.columns]
+        show(v.select(cols), f"accuracy per prompt variation with bootstrap 95% CI (n = samples per variation; {len(v)} variations)")
+        ok = v.filter(pl.col('status') == 'ok') if 'status' in v.columns else v
+        if len(ok) and {'accuracy', 'ci_low', 'ci_high', 'n'} <= set(ok.columns):
+            ax = plot_ci(ok, 'name', title=f"accuracy per variation; stable-decision share {sec['summary']['stable_share']:.2f} (n = {sec['summary']['n_samples']})")
+            show_fig(ax.figure)
+    return found
+
 # %% ../nbs/10_robustness.ipynb #0d10a984
 def _read_samples(paths, nation, out, limit: int | None = None) -> pl.DataFrame:
     "Valid samples of several files (the first `limit` of each); their quarantine written to `out/quarantine.parquet` and summarised."
@@ -266,7 +294,7 @@ def _read_samples(paths, nation, out, limit: int | None = None) -> pl.DataFrame:
 def cmd_robustness(a) -> int:
     "navab robustness: re-score samples under the variations table; write variations, flips and summary to --out."
     S = _read_samples(a.samples, a.nation, a.out, a.limit)
-    s = robustness(S, a.model, a.out, variations=a.variations, seed=a.seed, batch_size=a.batch_size, dtype=a.dtype,
+    s = robustness(S, a.model, a.out, variations=a.variations, seed=a.seed, batch_size=a.batch_size, dtype=a.dtype, device=a.device,
                    cache=a.cache, n_permutations=a.permutations,
                    tokenizer=a.tokenizer, concurrency=a.concurrency)
     print('\n'.join(robustness_section(a.out)['text']))
@@ -276,14 +304,15 @@ def cmd_robustness(a) -> int:
 def add_cli(sub):
     "Add `navab robustness` to the `navab` command's subparsers."
     p = sub.add_parser('robustness', help='re-score samples under prompt-format variations: accuracy per variation, decision flips, permutation test')
-    p.add_argument('--samples', required=True, nargs='+', help='one or more sample files (NaVAB release JSON needs --nation)')
+    p.add_argument('--samples', required=True, nargs='+', help='one or more sample files (NaVAB release JSON needs --nation) or release names (JadenGGGeee/NaVAB:CONFIG[/SPLIT])')
     p.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
     p.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     p.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
     p.add_argument('--nation', help='nation code for files that carry none')
     p.add_argument('--variations', help='the variations table (CSV; default data/variations.csv)')
     p.add_argument('--limit', type=int, help='only the first N valid samples of each file'); p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--batch-size', type=int, default=16); p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+    from navab.models import device_args
+    p.add_argument('--batch-size', type=int, default=16); device_args(p)
     p.add_argument('--cache', help='score cache folder shared across variations and runs (default OUT/cache)')
     p.add_argument('--permutations', type=int, default=10_000, help='permutations of the format test')
     p.add_argument('--out', required=True)

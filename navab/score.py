@@ -77,6 +77,7 @@ def _head_cols(model, h, a: int, b: int, out=None):
 def _pick(model, h, rows, targets, block: int = 512, cols: int = 8192, top: bool = False):
     "Log-probs and greedy flags of `targets` at hidden rows `h[rows]` (with `top`: also each row's top token and its log-prob)."
     import torch
+    h = h.to(getattr(model.get_output_embeddings(), 'weight', h).device)   # a model spread over GPUs (cuda:all) may end on another one
     dev = h.device
     rows = torch.as_tensor(rows, dtype=torch.long, device=dev)
     targets = torch.as_tensor(targets, dtype=torch.long, device=dev)
@@ -245,7 +246,7 @@ def _suffix_pass(model, seqs, starts, unit, chunk, mask, cache, padding: str, to
     k = torch.tensor([unit[r].k for r, _ in chunk])
     ids, smask, pos, off = _pad([seqs[i][unit[r].k:-1] for r, i in chunk], padding)
     h = model.base_model(input_ids=ids.to(dev), attention_mask=torch.cat([mask[grp], smask], 1).to(dev),
-                         position_ids=(pos + k[:, None]).to(dev), **{_kv(model): _select(cache, grp.to(dev))},
+                         position_ids=(pos + k[:, None]).to(dev), **{_kv(model): _select(cache, grp)},
                          use_cache=True).last_hidden_state.flatten(0, 1)
     S, rows, tgts, who = ids.shape[1], [], [], []
     for q, (r, i) in enumerate(chunk):

@@ -66,7 +66,7 @@ def _error(code: int, msg: str):
     return JSONResponse({'object': 'error', 'message': msg, 'type': 'BadRequestError' if code < 500 else 'InternalServerError',
                          'code': code, 'detail': msg}, status_code=code)
 
-def make_app(model: str, dtype: str = 'float32', device: str = 'cpu', batch_size: int = 16, served_name: str | None = None):
+def make_app(model: str, dtype: str = 'auto', device: str = 'auto', batch_size: int = 16, served_name: str | None = None):
     "A FastAPI app serving `/v1/completions` (generation, and echo + logprobs scoring) and `/v1/models` over one model navab can load."
     from fastapi import FastAPI
     from navab.models import load_model

@@ -98,7 +98,7 @@ class MiniLM:
 def _load_model(name):
     "A causal LM loaded once per process (embedding many corpora reuses it)."
     from navab.models import load_model
-    return load_model(name)
+    return load_model(name, dtype='float32')   # float32 on any device: embeddings (and topics) do not move with the machine
 
 class GemmaPool:
     "Mean-pooled hidden states of layer `layer` of the embedded multilingual Gemma-3-270M, centred on the fitted mean."
@@ -114,10 +114,10 @@ class GemmaPool:
         model, tok, info = self.loaded
         out = []
         for b in _batches(list(texts), self.batch_size):
-            enc = tok(b, return_tensors='pt', padding=True, truncation=True, max_length=self.max_length)
+            enc = tok(b, return_tensors='pt', padding=True, truncation=True, max_length=self.max_length).to(model.device)
             with torch.inference_mode(): h = model(**enc, output_hidden_states=True).hidden_states[self.layer]
             m = (enc['attention_mask'] * (enc['input_ids'] != info.start_token_id)).float()[..., None]
-            out.append(((h * m).sum(1) / m.sum(1).clamp(min=1)).float().numpy())
+            out.append(((h * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
     def fit(self, texts):

@@ -13,13 +13,13 @@ def _name(req: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     py = tomllib.loads((ROOT / 'pyproject.toml').read_text())
-    want = py['project']['dependencies'] + py['project']['optional-dependencies']['dev'] + py['tool']['navab']['no-deps']
+    want = py['project']['dependencies'] + sum(py['project']['optional-dependencies'].values(), []) + py['tool']['navab']['no-deps']
     env = yaml.safe_load((ROOT / 'environment.yml').read_text())
     pip = next(d['pip'] for d in env['dependencies'] if isinstance(d, dict) and 'pip' in d)
     assert 'python=3.11' in env['dependencies']
     assert sorted(map(str.strip, pip)) == sorted(map(str.strip, want)), \
         f"environment.yml and pyproject.toml disagree: only in yml {set(pip) - set(want)}, only in toml {set(want) - set(pip)}"
-    assert 'torch==2.13.0' in want
+    assert any(r.startswith('torch>=') for r in want)     # a range: an existing (CUDA) torch is kept (tests/test_packaging.py)
 
 
 def test_settings_change_what_runs(tmp_path):

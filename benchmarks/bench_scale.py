@@ -1,0 +1,224 @@
+"""What a NaVAB-scale study costs: per-core throughput of the non-LLM extraction stage and of HTTP scoring, and the
+projected cost of extracting from 10M articles and of evaluating 10 models x 5 nations.
+
+Usage:  nice -n 5 .venv/bin/python benchmarks/bench_scale.py [--articles 50000] [--model smollm2-135m] [--requests 64]
+        [--url http://127.0.0.1:8000/v1#MODEL]   (score against a server already running instead of starting `navab serve`)
+
+1. Non-LLM extraction: a synthetic corpus (`--articles` articles of ~2 KB of random words, 8 JSONL shards) is read,
+   validated and written as Parquet partitioned by nation and shard (`navab.data.write_partitions`, the load stage of
+   `navab extract` for sharded corpora) in a subprocess; articles per CPU-second of that process is the per-core rate.
+   The floor beside it: reading the same bytes and `json.loads` of every line, nothing else, in the same process.
+2. Scoring: the same MC requests (2 per sample: the question with both options, scored on the answer letter) are scored
+   in-process by navab's engine (batched), and over HTTP against `navab serve` (started here on 127.0.0.1, stopped
+   after) one request at a time and with 2 concurrent clients. The lm-eval payload (echo + logprobs, max_tokens 1) is
+   sent; a server that answers without log-probs (navab serve before the backend issue lands) is measured on the
+   same payload anyway (one forward over the prompt plus one generated token: the work of scoring it) and the output
+   says so.
+3. The projection, with its assumptions printed: figures scale linearly in articles and requests and divide over
+   cores; model cost scales with parameter count.
+Results: benchmarks/out/bench_scale.json and a table on stdout, with the load average (other work slows the wall clock;
+CPU seconds are what the per-core rates use).
+"""
+from __future__ import annotations
+import argparse, json, os, re, socket, subprocess, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / 'benchmarks' / 'out'
+NAVAB_SAMPLES = {'CN': 52_400, 'UK': 6_400, 'US': 2_040, 'FR': 1_940}   # NaVAB's released samples per nation (>60k in all)
+
+_STAGE = r'''
+import json, resource, sys, time
+from navab.data import write_partitions
+t = time.time(); r0 = resource.getrusage(resource.RUSAGE_SELF)
+if sys.argv[1] == 'floor':      # read the bytes and parse every line: what any loader must do
+    import glob
+    n = 0
+    for f in sorted(glob.glob(sys.argv[2])):
+        with open(f, 'rb') as fh:
+            for line in fh: json.loads(line); n += 1
+    m = {'in': n}
+else: m = write_partitions(sys.argv[2], sys.argv[3], None, batch=20000)
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps(dict(wall=time.time() - t, cpu=(r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), n=m['in'])))
+'''
+
+
+def corpus(n: int, seed: int = 0, shards: int = 8) -> Path:
+    "Write `n` synthetic articles (~2 KB of random words, nations in turn) as JSONL shards under benchmarks/out/scale-N/."
+    import numpy as np, polars as pl
+    d = OUT / f'scale-{n}'
+    if d.is_dir() and len(list(d.glob('*.jsonl'))) == shards: return d
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    vocab = np.array([''.join(rng.choice(list('abcdefghijklmnopqrstuvwxyz'), rng.integers(3, 10))) for _ in range(5000)])
+    nations = ['CN', 'US', 'UK', 'FR', 'DE']
+    for k in range(shards):
+        m = n // shards + (k < n % shards)
+        words = vocab[rng.integers(0, len(vocab), (m, 300))]
+        pl.DataFrame(dict(id=[f'a{k}-{i}' for i in range(m)], nation=[nations[(k + i) % 5] for i in range(m)],
+                          text=[' '.join(w) + '.' for w in words])).write_ndjson(d / f'part-{k}.jsonl')
+    return d
+
+
+def bench_extract(n: int) -> dict:
+    "Articles per CPU-second of the load stage (read, validate, partition) and of the floor (read + json.loads)."
+    d = corpus(n)
+    size = sum(f.stat().st_size for f in d.glob('*.jsonl'))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = lambda *a: json.loads(subprocess.run([sys.executable, '-c', _STAGE, *a], env=env, check=True, capture_output=True, text=True).stdout)
+    floor = run('floor', str(d / '*.jsonl'))
+    import shutil
+    shutil.rmtree(OUT / f'scale-{n}-parts', ignore_errors=True)
+    st = run('stage', str(d / '*.jsonl'), str(OUT / f'scale-{n}-parts'))
+    assert st['n'] == floor['n'] == n, (st, floor, n)
+    return dict(articles=n, bytes=size, stage=st, floor=floor, stage_per_core=n / st['cpu'], floor_per_core=n / floor['cpu'])
+
+
+def _free_port() -> int:
+    s = socket.socket(); s.bind(('127.0.0.1', 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def _requests(k: int):
+    "2k MC requests (2 per sample: navab's own MC prompts) for k synthetic English samples."
+    import polars as pl
+    from navab.evaluate import mc_prompts, mc_requests
+    rows = [dict(id=f's{i}', nation='US', lang='en', source_type='official', topic=None,
+                 question=f'Should the government fund public project number {i} this year?',
+                 statement=f'The government should fund public project {i} this year.',
+                 reverse_statement=f'The government should not fund public project {i} this year.') for i in range(k)]
+    return mc_requests(mc_prompts(pl.DataFrame(rows), seed=0))
+
+
+def bench_scoring(model: str, k: int, url: str | None = None) -> dict:
+    "Requests per second scoring the same MC requests in-process (batched) and over HTTP (1 and 2 clients)."
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+    from navab.models import load_model
+    from navab.score import score
+    req = _requests(k // 2)
+    m, tok, info = load_model(model)
+    score(_requests(4), m, tok, info, batch_size=16, progress=False)          # warm-up (first calls pay one-time costs)
+    t, c0 = time.time(), time.process_time()
+    score(req, m, tok, info, batch_size=16, progress=False)
+    inproc = dict(n=len(req), wall=time.time() - t, cpu=time.process_time() - c0)
+    del m
+    proc, served = None, None
+    if url is None:
+        port = _free_port()
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1')
+        proc = subprocess.Popen([sys.executable, '-c', 'import sys; from navab.cli import main; sys.exit(main())', 'serve', '--model', model, '--port', str(port)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        url, served = f'http://127.0.0.1:{port}/v1', model
+    else:
+        url, _, served = url.partition('#')
+    try:
+        cl = httpx.Client(timeout=120)
+        for _ in range(600):
+            try:
+                if cl.get(f'{url}/models').status_code == 200: break
+            except httpx.HTTPError: pass
+            if proc is not None and proc.poll() is not None: raise RuntimeError(f"navab serve exited: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+        prompts = [c + x for c, x in zip(req['context'], req['continuation'])]
+        body = lambda p: dict(model=served, prompt=p, temperature=0, max_tokens=1, logprobs=1, echo=True, seed=0)
+        first = cl.post(f'{url}/completions', json=body(prompts[0])).json()
+        lp = (first.get('choices') or [{}])[0].get('logprobs')
+        scored = bool(lp and lp.get('token_logprobs'))
+        def cpu():
+            "CPU seconds the server process has used (None when it is not ours)."
+            if proc is None: return None
+            return sum(float(x) for x in open(f'/proc/{proc.pid}/stat').read().rsplit(')', 1)[1].split()[11:13]) / os.sysconf('SC_CLK_TCK')
+        for p in prompts[:4]: cl.post(f'{url}/completions', json=body(p))         # warm-up
+        res = {}
+        for conc in (1, 2):
+            t, c0 = time.time(), cpu()
+            with ThreadPoolExecutor(conc) as ex:
+                codes = list(ex.map(lambda p: cl.post(f'{url}/completions', json=body(p)).status_code, prompts))
+            assert all(c == 200 for c in codes), codes
+            res[conc] = dict(n=len(prompts), wall=time.time() - t, server_cpu=None if c0 is None else cpu() - c0)
+        return dict(model=model, url=url, echo_logprobs=scored, inproc=inproc, http=res)
+    finally:
+        if proc is not None: proc.terminate(); proc.wait(30)
+
+
+def _params(model: str) -> float:
+    "Parameters of a navab model name (for scaling; 135M and 270M for the embedded ones)."
+    m = re.search(r'(\d+(?:\.\d+)?)([mb])', model.lower())
+    return float(m.group(1)) * (1e6 if m.group(2) == 'm' else 1e9) if m else float('nan')
+
+
+def project(ex: dict, sc: dict, cores: int) -> list:
+    "The projection rows (what, core-hours, wall hours on `cores` cores) with their assumptions."
+    rows, notes = [], []
+    n_art = 10_000_000
+    per_core = ex['stage_per_core']
+    rows.append(('extraction, load stage (read, validate, partition), 10M articles', n_art / per_core / 3600))
+    notes.append(f"load stage: {per_core:,.0f} articles per CPU-second measured on {ex['articles']:,} synthetic articles of "
+                 f"{ex['bytes'] / ex['articles']:,.0f} bytes (NaVAB's news articles are assumed of that order); linear in articles")
+    bench = OUT / 'bench_extract.json'
+    if bench.is_file():
+        notes.append(f"tokenise/embed/topics: see {bench.relative_to(ROOT)} (benchmarks/bench_extract.py), not re-measured here")
+    else: notes.append("tokenise/embed/topics per-core rates: run benchmarks/bench_extract.py (make bench); not included here")
+    n_samples = sum(NAVAB_SAMPLES.values()) + NAVAB_SAMPLES['FR']
+    n_req = 2 * n_samples * 10
+    h = sc['http'][1]
+    http1 = h['n'] / h['server_cpu'] if h.get('server_cpu') else h['n'] / h['wall']
+    cpu_rate = sc['inproc']['n'] / sc['inproc']['cpu']
+    p = _params(sc['model'])
+    rows.append((f"evaluation, 10 models x 5 nations, MC, {sc['model']}-sized models, in-process engine", n_req / cpu_rate / 3600))
+    rows.append((f"evaluation, same, over HTTP one request at a time ({sc['model']}-sized, server CPU)", n_req / http1 / 3600))
+    for size in (1e9, 8e9):
+        rows.append((f"evaluation, 10 models x 5 nations, MC, {size / 1e9:.0f}B-parameter models on CPU, in-process", n_req / cpu_rate * size / p / 3600))
+    notes.append(f"samples: China 52.4k, UK 6.4k, US 2.04k, French 1.94k (NaVAB's release) and German assumed as many as French "
+                 f"(1.94k): {n_samples:,} samples; 2 requests per MC sample; 10 models: {n_req:,} requests")
+    notes.append(f"scoring: {cpu_rate:,.1f} requests per CPU-second in-process (batch 16, {sc['model']}, ~{p / 1e6:.0f}M parameters); "
+                 f"HTTP 1 client {http1:,.1f} requests per server-CPU-second" + ('' if sc['echo_logprobs'] else
+                 " (this navab serve answers without log-probs: one forward over the prompt and one generated token, the same work)"))
+    notes.append("bigger models: CPU cost scaled by parameter count (a forward is ~2 x params FLOPs per token); real studies run "
+                 "8B models on GPUs behind vLLM (`--executor ray`, `--gpus-per-run`): measure that server's requests/s with --url and rerun")
+    notes.append("extraction's LLM stages (statements, screen, conflict, source, samples: several generation calls per article) and the "
+                 "topic model are not in this projection: they dominate, and their cost is the generation server's (bench_extract.py --llm)")
+    notes.append(f"wall hours divide core-hours over {cores} cores; Ray spreads runs over machines the same way (one model x nation x method per task)")
+    return rows, notes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--articles', type=int, default=50_000); ap.add_argument('--model', default='smollm2-135m')
+    ap.add_argument('--requests', type=int, default=64); ap.add_argument('--url'); ap.add_argument('--cores', type=int, default=64)
+    ap.add_argument('--report', action='store_true', help='reprint the saved results')
+    a = ap.parse_args(argv)
+    os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    OUT.mkdir(parents=True, exist_ok=True)
+    res_path = OUT / 'bench_scale.json'
+    if a.report: r = json.loads(res_path.read_text())
+    else:
+        load0 = os.getloadavg()[0]
+        ex = bench_extract(a.articles)
+        sc = bench_scoring(a.model, a.requests, a.url)
+        r = dict(extract=ex, scoring=sc, load_avg=[load0, os.getloadavg()[0]], cpus=os.cpu_count(), cores=a.cores)
+        res_path.write_text(json.dumps(r, indent=1))
+    ex, sc = r['extract'], r['scoring']
+    print(f"machine: {r['cpus']} CPUs, load average {r['load_avg'][0]:.1f} at start, {r['load_avg'][1]:.1f} at end (wall clocks suffer; CPU seconds less)")
+    print(f"\nnon-LLM load stage on {ex['articles']:,} articles ({ex['bytes'] / 2**20:.0f} MiB, 8 JSONL shards):")
+    print(f"  read+validate+partition  {ex['stage_per_core']:>10,.0f} articles/CPU-s   ({ex['stage']['cpu']:.1f} CPU s, {ex['stage']['wall']:.1f} s wall)")
+    print(f"  floor: read+json.loads   {ex['floor_per_core']:>10,.0f} articles/CPU-s   ({ex['floor']['cpu']:.1f} CPU s): the stage is "
+          f"{ex['floor_per_core'] / ex['stage_per_core']:.1f}x the floor's cost")
+    print(f"\nscoring {sc['inproc']['n']} MC requests with {sc['model']}:")
+    print(f"  in-process (batch 16)    {sc['inproc']['n'] / sc['inproc']['cpu']:>8.1f} requests/CPU-s   ({sc['inproc']['wall']:.1f} s wall)")
+    for c, v in sc['http'].items():
+        per = f", {v['n'] / v['server_cpu']:.1f} requests/server-CPU-s" if v.get('server_cpu') else ''
+        print(f"  HTTP, {c} client(s)        {v['n'] / v['wall']:>8.1f} requests/s wall    ({v['wall']:.1f} s{per})")
+    print(f"  server returned echo+logprobs: {sc['echo_logprobs']}" + ('' if sc['echo_logprobs'] else
+          " (navab serve on this checkout generates only; the backend issue adds scoring: then rerun)"))
+    rows, notes = project(ex, sc, r['cores'])
+    print(f"\nprojected cost (core-hours; wall hours on {r['cores']} cores):")
+    for what, ch in rows: print(f"  {what:<92} {ch:>12,.1f} core-h {ch / r['cores']:>10,.2f} h")
+    print("\nassumptions:")
+    for n in notes: print(f"  - {n}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Corpora at scale: a corpus given as a glob of Parquet shards and as a file:// URL extracts the same as one file; the
+non-LLM load stage (read, validate, partition by nation and shard) streams in bounded memory."""
+import json, os, subprocess, sys, textwrap
+from pathlib import Path
+import numpy as np
+import polars as pl
+from navab.extract import extract, EchoGenerator, run_counts
+from navab.data import write_partitions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shards_glob_and_url_extract_the_same_as_one_file(tmp_path):
+    "The French demo corpus as one JSONL file, as 3 Parquet shards through a glob, and through a file:// URL: same samples and counts."
+    one = ROOT/'data'/'demo'/'corpus'/'FR.jsonl'
+    df = pl.read_ndjson(one)
+    (tmp_path/'sh').mkdir()
+    for k, part in enumerate(df.iter_slices(len(df) // 3 + 1)): part.write_parquet(tmp_path/'sh'/f'fr-{k}.parquet')
+    kw = dict(nation='FR', generator=EchoGenerator('fr'), progress=False, limit=12, seed=0, options={'topics': {'embedding': 'tfidf'}})  # tfidf: seconds, not a minute
+    extract(one, out=tmp_path/'one', **kw)
+    extract(f"{tmp_path}/sh/*.parquet", out=tmp_path/'glob', **kw)
+    extract(f"file://{tmp_path}/sh", out=tmp_path/'url', **kw)
+    ref = pl.read_parquet(tmp_path/'one'/'samples.parquet')
+    assert len(ref) > 0
+    for d in ('glob', 'url'):
+        assert pl.read_parquet(tmp_path/d/'samples.parquet').equals(ref), d
+        assert json.loads((tmp_path/d/'counts.json').read_text()) == json.loads((tmp_path/'one'/'counts.json').read_text()), d
+        assert sorted(p.name for p in (tmp_path/d/'articles'/'nation=FR').iterdir()) == [f'part-0000{k}-00000.parquet' for k in range(3)]
+    assert not (tmp_path/'one'/'articles').exists(), 'a small single file is read as before'
+    # a rerun reuses the partitions (manifest key) and the stages
+    m = (tmp_path/'glob'/'articles'/'_manifest.json').stat().st_mtime_ns
+    extract(f"{tmp_path}/sh/*.parquet", out=tmp_path/'glob', **kw)
+    assert (tmp_path/'glob'/'articles'/'_manifest.json').stat().st_mtime_ns == m
+
+
+_PEAK = textwrap.dedent('''
+    import json, re, sys
+    from navab.data import write_partitions
+    if sys.argv[1] != '-': m = write_partitions(sys.argv[1], sys.argv[2], 'FR', batch=int(sys.argv[3]))
+    else: m = {}
+    hwm = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024   # this process's own peak (ru_maxrss keeps the parent's)
+    print(json.dumps(dict(peak=hwm, **m)))
+''')
+
+
+def test_load_stage_streams_in_bounded_memory(tmp_path):
+    "100k synthetic articles (~2 KB each, 8 JSONL shards, ~200 MB): the load stage's peak RSS is that of one shard, far below the corpus."
+    rng = np.random.default_rng(0)
+    vocab = np.array([''.join(rng.choice(list('abcdefghijklmnopqrstuvwxyz'), rng.integers(3, 10))) for _ in range(5000)])
+    n, per = 100_000, 8
+    (tmp_path/'c').mkdir()
+    for k in range(per):
+        m = n // per
+        words = vocab[rng.integers(0, len(vocab), (m, 300))]
+        text = [' '.join(w) + '.' for w in words]
+        pl.DataFrame(dict(id=[f'a{k}-{i}' for i in range(m)], nation=['FR', 'DE'][k % 2:][:1] * m, text=text)).write_ndjson(tmp_path/'c'/f'part-{k}.jsonl')
+    size = sum(f.stat().st_size for f in (tmp_path/'c').iterdir())
+    assert size > 150e6
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = lambda *a: json.loads(subprocess.run([sys.executable, '-c', _PEAK, *a], env=env, capture_output=True, text=True, check=True).stdout)
+    base = run('-')['peak']                                                       # the interpreter with navab.data imported
+    one = run(str(tmp_path/'c'/'part-0.jsonl'), str(tmp_path/'p1'), '5000')       # one shard: 1/8 of the corpus
+    r = run(f"{tmp_path}/c/*.jsonl", str(tmp_path/'parts'), '5000')               # all eight
+    assert (one['in'], r['in'], r['out'], r['nations']) == (n // per, n, n, {'FR': n // 2, 'DE': n // 2}), r
+    mib = lambda b: f"{b / 2**20:.0f} MiB"
+    print(f"corpus {mib(size)} in {per} shards: peak RSS {mib(r['peak'])} (interpreter {mib(base)}); one shard ({mib(size / per)}): {mib(one['peak'])}")
+    per_article = (r['peak'] - one['peak']) / (n - n // per)     # what 7 more shards cost: the id index for cross-shard duplicates, not the texts
+    print(f"{per_article:.0f} bytes of memory per added article (article: {size / n:.0f} bytes)")
+    assert per_article < 0.2 * size / n, f"each added article cost {per_article:.0f} bytes of memory (article: {size / n:.0f} bytes): not streaming"
+    assert r['peak'] < 0.6 * size + base, f"peak {mib(r['peak'])} for a {mib(size)} corpus"
+    assert pl.scan_parquet(tmp_path/'parts'/'nation=DE'/'*.parquet').select(pl.len()).collect().item() == n // 2
