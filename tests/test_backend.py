@@ -192,7 +192,7 @@ def test_hk_samples_hf_equals_openai(model, shared, tmp_path):
 
 @pytest.mark.slow
 def test_lm_eval_local_completions_agrees_with_its_hf_model(shared):
-    "lm-evaluation-harness's own client (local-completions, token-id prompts) through navab serve = lm-eval's hf model on the same weights.
+    """lm-evaluation-harness's own client (local-completions, token-id prompts) through navab serve = lm-eval's hf model on the same weights.
 
     Continuations are short (answer labels, a prompt's last 12 characters): summed over ~200 tokens, lm-eval's padded hf
     batches and navab's engine drift apart by about 1e-3 (6e-6 a token), which says nothing about the protocol."""
