@@ -73,6 +73,7 @@ browser:
 bench: install
 	$(BIN)/navab models fetch smollm2-135m
 	$(BIN)/python benchmarks/bench_score.py --model smollm2-135m
+	$(BIN)/python benchmarks/bench_http.py --model smollm2-135m
 	bash benchmarks/setup_lmeval.sh
 	benchmarks/.venv-lmeval/bin/python benchmarks/bench_lmeval.py --model smollm2-135m
 	nice -n 5 $(BIN)/python benchmarks/bench_extract.py --sizes 10000 100000

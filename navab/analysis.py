@@ -59,10 +59,10 @@ def heading(text: str, level: int = 2):
 
 # %% ../nbs/06a_analysis.ipynb #a38cb8f2
 def label(model: str) -> str:
-    "A model's display name: its embedded/hub name, or the folder name of a local model."
+    "A model's display name: its embedded/hub name, the folder name of a local model, or a server's served name (`http(s)://...#name`)."
+    if str(model).startswith(('http://', 'https://')) and '#' in str(model): return str(model).split('#', 1)[1]
     p = Path(str(model)).expanduser()
     return p.name if p.is_dir() else str(model)
-
 
 # %% ../nbs/06a_analysis.ipynb #e790756a
 SCORE_COLS = ('sample_id', 'nation', 'source_type', 'topic', 'pred', 'gold', 'correct', 'margin')

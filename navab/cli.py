@@ -95,7 +95,8 @@ def cmd_evaluate(a) -> int:
         r = c.quarantine.row(0, named=True)
         raise ValueError(f"{a.samples}: no valid samples: all {c.n_in} rows quarantined (first: row {r['row']}, {r['field']}: {r['reason']}); see {Path(a.out)/'quarantine.parquet'}")
     s = evaluate(c.valid, a.model, a.out, method=a.method, scoring=a.scoring, norm=a.norm, batch_size=a.batch_size, limit=a.limit,
-                 seed=a.seed, judge=a.judge, chat=a.chat, dtype=a.dtype, max_new_tokens=a.max_new_tokens, device=a.device)
+                 seed=a.seed, judge=a.judge, chat=a.chat, dtype=a.dtype, max_new_tokens=a.max_new_tokens, device=a.device,
+                 tokenizer=a.tokenizer, concurrency=a.concurrency)
     key = 'similarity' if a.method == 'opinions' else 'accuracy'
     print(f"{a.model} {a.method}: n={s['n']} {key}={s[key]:.3f} [95% CI {s['ci_low']:.3f}, {s['ci_high']:.3f}] in {s['wall_s']} s -> {a.out}")
     if len(c.quarantine):   # the valid rows are scored and stored; the exit code still says the input was not clean
@@ -256,7 +257,9 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser('evaluate', help='score a model on samples with MC, AJ (or GlobalOpinionQA opinions)')
     e.add_argument('--samples', required=True, help='the released NaVAB by name (JadenGGGeee/NaVAB[:CONFIG[/SPLIT]], e.g. :French/quoted; '
                    'the config names the nation), a NaVAB release JSON (needs --nation), a navab samples file, or a GlobalOpinionQA file (--method opinions)')
-    e.add_argument('--model', required=True, help='an embedded name, a local folder or an HF id')
+    e.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
+    e.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
+    e.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
     e.add_argument('--method', default='mc', choices=['mc', 'aj', 'opinions'])
     e.add_argument('--nation', help='nation code (CN, US, UK, FR, DE) for files that carry none')
     e.add_argument('--scoring', default='answer', choices=['answer', 'navab'], help="answer: log-prob of the answer label; navab: the original whole-prompt perplexity")

@@ -15,6 +15,7 @@ from .schema import atomic_write, validate_frame
 from .models import load_model
 from .score import score
 from .generate import generate
+from .backend import get_backend
 from .stats import accuracy_table, bootstrap_ci, agreement, similarity
 
 # %% auto #0
@@ -147,8 +148,9 @@ def _summary_groups(scores: pl.DataFrame, seed: int) -> dict:
 # %% ../nbs/06_evaluate.ipynb #2200aca9
 def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = 'mc', scoring: str = 'answer', norm: str = 'none',
              batch_size: int = 16, limit: int | None = None, seed: int = 0, judge: str | None = None, chat: bool = False,
-             dtype: str = 'auto', max_new_tokens: int = 48, templates: dict | None = None, progress: bool = True, device: str = 'auto') -> dict:
-    "Evaluate `model` on samples (or opinion items) with MC, AJ or opinions; write requests/scores/summary to `out`."
+             dtype: str = 'auto', max_new_tokens: int = 48, templates: dict | None = None, progress: bool = True, device: str = 'auto',
+             tokenizer: str | None = None, concurrency: int = 8) -> dict:
+    "Evaluate `model` (a name, a server URL `http(s)://host:port/v1#name`, or a backend) on samples (or opinion items) with MC, AJ or opinions; write requests/scores/summary to `out`."
     t0 = time.time()
     if method not in METHODS: raise ValueError(f"method {method!r}: one of {', '.join(METHODS)}")
     if norm not in NORMS: raise ValueError(f"norm {norm!r}: one of {', '.join(NORMS)}")
@@ -157,12 +159,13 @@ def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = '
     if limit: samples = samples.head(limit)
     if not len(samples): raise ValueError("no samples to evaluate")
     T = templates or load_templates()
-    m, tok, info = load_model(model, dtype=dtype, device=device)
+    B = get_backend(model, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency)   # hf in process, or openai over HTTP: the same calls
+    tok, info, model = B.tok, B.info, B.name
     ct = tok if chat else None
     cache = out/'cache'
     if method == 'opinions':
         P = opinion_prompts(samples, T)
-        req = score(mc_requests(P), m, tok, info, run_dir=cache, batch_size=batch_size, progress=progress)
+        req = B.score(mc_requests(P), run_dir=cache, batch_size=batch_size, progress=progress)
         sc = opinion_scores(req, samples).with_columns(pl.lit(model).alias('model'), pl.lit(method).alias('method'))
         est, lo, hi = bootstrap_ci(sc['similarity'].to_numpy(), seed=seed)
         by = sc.group_by('nation', maintain_order=True).agg(pl.len().alias('n'), pl.col('similarity').mean()).sort('nation').to_dicts()
@@ -170,15 +173,14 @@ def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = '
     else:
         P = mc_prompts(samples, seed, T, chat_tok=ct)
         eff_norm = 'token' if scoring == 'navab' else norm      # the original ranks by perplexity: per-token mean
-        req = score(mc_requests(P, scoring), m, tok, info, run_dir=cache, batch_size=batch_size, progress=progress).with_columns(pl.lit('mc').alias('stage'))
+        req = B.score(mc_requests(P, scoring), run_dir=cache, batch_size=batch_size, progress=progress).with_columns(pl.lit('mc').alias('stage'))
         sc = decide(req, P, eff_norm)
         if method == 'aj':
-            ans = generate(aj_answer_prompts(samples, T, ct), m, tok, info, run_dir=out/'generations', max_new_tokens=max_new_tokens,
-                           seed=seed, chat=chat, batch_size=max(1, batch_size // 2), progress=progress)
-            if judge and judge != model: jm, jt, ji = load_model(judge, dtype=dtype, device=device)
-            else: jm, jt, ji = m, tok, info
-            JP = mc_prompts(samples, seed, T, kind='aj_judge', answers=ans, salt='aj', chat_tok=jt if chat else None)
-            jreq = score(mc_requests(JP), jm, jt, ji, run_dir=cache, batch_size=batch_size, progress=progress).with_columns(pl.lit('aj').alias('stage'))
+            ans = B.generate(aj_answer_prompts(samples, T, ct), run_dir=out/'generations', max_new_tokens=max_new_tokens,
+                             seed=seed, chat=chat, batch_size=max(1, batch_size // 2), progress=progress)
+            J = get_backend(judge, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency) if judge and judge != model else B
+            JP = mc_prompts(samples, seed, T, kind='aj_judge', answers=ans, salt='aj', chat_tok=J.tok if chat else None)
+            jreq = J.score(mc_requests(JP), run_dir=cache, batch_size=batch_size, progress=progress).with_columns(pl.lit('aj').alias('stage'))
             mc = sc.select('sample_id', pl.col('pred').alias('mc_pred'), pl.col('correct').alias('mc_correct'))
             sc = decide(jreq, JP, 'none').join(mc, on='sample_id', maintain_order='left').with_columns(
                 pl.Series('answer', ans), (pl.col('correct') == pl.col('mc_correct')).alias('mc_aj_agree'))
@@ -191,11 +193,11 @@ def evaluate(samples: pl.DataFrame, model: str, out: str | Path, method: str = '
         if method == 'aj':
             summ['mc_accuracy'] = float(sc['mc_correct'].mean())
             summ['mc_aj'] = agreement(sc['mc_correct'].to_list(), sc['correct'].to_list())
-            summ['judge'] = judge or model
+            summ['judge'] = J.name
     cols = [c for c in ('sample_id', 'stage', 'option', 'context', 'continuation', 'logprob', 'n_tokens', 'is_greedy') if c in req.columns]
     atomic_write(out/'requests.parquet', lambda t: req.select(cols).write_parquet(t))
     atomic_write(out/'scores.parquet', lambda t: sc.write_parquet(t))
-    summ = dict(summ, model=model, model_hash=info.hash, dtype=info.dtype, device=info.device, method=method, scoring=scoring if method != 'opinions' else 'answer',
+    summ = dict(summ, model=model, model_hash=info.hash, backend=B.kind, dtype=info.dtype, device=info.device, method=method, scoring=scoring if method != 'opinions' else 'answer',
                 norm=(('token' if scoring == 'navab' else norm) if method == 'mc' else 'none'), chat=chat, seed=seed,
                 navab_version=__version__, n_requests=len(req), wall_s=round(time.time() - t0, 2))
     _write_json(out/'summary.json', summ)

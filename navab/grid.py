@@ -97,6 +97,8 @@ def run_key(params: dict, files=()) -> str:
 # %% ../nbs/10b_grid.ipynb #f2ea7c0d
 def _model_stamp(model: str) -> str:
     "What identifies a model cheaply: its name, and for a local folder the names, sizes and times of its files."
+    from navab.backend import is_remote, remote_stamp
+    if is_remote(model): return remote_stamp(model)       # the spec and the revision the server reports now
     p = Path(str(model)).expanduser()
     if not p.is_dir(): return str(model)
     return str(model) + ''.join(f"|{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(p.iterdir()) if f.is_file())
@@ -107,7 +109,7 @@ def run_dir(out, model: str, nation: str, method: str) -> Path:
 
 # %% ../nbs/10b_grid.ipynb #027d7c0a
 def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int, device: str = 'auto',
-            dtype: str = 'float32'):
+            dtype: str = 'float32', **backend):
     "Run `navab robustness` for a model on a nation's samples into `mc_dir/robustness` unless done with the same inputs."
     from navab.robustness import robustness, default_variations
     d = mc_dir/'robustness'
@@ -115,14 +117,14 @@ def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | No
     if (d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file(): return d
     data = pl.read_parquet(samples_path)
     if not len(data): raise ValueError(f"{samples_path}: no samples for {nation}")
-    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=mc_dir/'cache', progress=False, device=device, dtype=dtype)
+    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=mc_dir/'cache', progress=False, device=device, dtype=dtype, **backend)
     atomic_write(d/'.grid-key', lambda t: t.write_text(key))
     return d
 
 # %% ../nbs/10b_grid.ipynb #24bbba53
 def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: int | None = None, aj_limit: int | None = None,
                   seed: int = 0, max_new_tokens: int = 32, opinions=None, batch_size: int = 16, robust_limit: int | None = None,
-                  opinions_limit: int | None = None, device: str = 'auto', dtype: str = 'float32') -> dict:
+                  opinions_limit: int | None = None, device: str = 'auto', dtype: str = 'float32', **backend) -> dict:
     "Evaluate a model on a nation's samples with each method (cached): {method: run folder}; `robustness` goes beside the MC run."
     from navab.evaluate import evaluate
     dirs = {}
@@ -132,14 +134,14 @@ def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: in
         src = opinions if m == 'opinions' else samples_path
         if m == 'opinions' and not src: continue
         if m == 'robustness':   # beside the MC run (its report shows it), sharing the MC run's score cache
-            _robust(model, nation, samples_path, run_dir(out, model, nation, 'mc'), lim, seed, batch_size, device, dtype); continue
+            _robust(model, nation, samples_path, run_dir(out, model, nation, 'mc'), lim, seed, batch_size, device, dtype, **backend); continue
         key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, dtype=dtype), [src])
         if not ((d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file() and (d/'scores.parquet').is_file()):
             if m == 'opinions': data = read_opinions(src, [nation]).valid
             else: data = pl.read_parquet(src)
             if not len(data): raise ValueError(f"{src}: no {'opinion items' if m == 'opinions' else 'samples'} for {nation}")
             evaluate(data, model, d, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False,
-                     device=device, dtype=dtype)
+                     device=device, dtype=dtype, **backend)
             atomic_write(d/'.grid-key', lambda t: t.write_text(key))
         dirs[m] = d
     return dirs
@@ -228,7 +230,8 @@ def _evaluate_job(job: dict, methods=None) -> dict:
     "Evaluate a job's model on its nation with `methods` (default: the job's own): {method: run folder}."
     return evaluate_pair(job['model'], job['nation'], job['samples'], methods or job['methods'], Path(job['out']), job.get('limit'), job.get('aj_limit'),
                          job.get('seed', 0), job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'),
-                         opinions_limit=job.get('opinions_limit'), device=job.get('device', 'auto'), dtype=job.get('dtype', 'float32'))
+                         opinions_limit=job.get('opinions_limit'), device=job.get('device', 'auto'), dtype=job.get('dtype', 'float32'),
+                         **job.get('backend', {}))
 
 def _pair(job: dict) -> tuple:
     "A job's report name and the fields every record of it carries."
@@ -428,7 +431,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
              reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None,
              executor: str = 'local', address: str | None = None, gpus_per_run: float = 0, retries: int = 2,
-             device: str = 'auto', dtype: str = 'auto', align_options: dict | None = None) -> Path:
+             device: str = 'auto', dtype: str = 'auto', backend: dict | None = None, align_options: dict | None = None) -> Path:
     "Evaluate and report every model x nation (papermill; in local processes or as Ray tasks), then the study report, then `out/index.html`: its path."
     if executor not in ('local', 'ray'): raise ValueError(f"executor {executor!r}: use 'local' or 'ray'")
     from tqdm.auto import tqdm
@@ -447,7 +450,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
         if not k: continue
         jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
                       opinions_limit=opinions_limit, max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
-                      no_input=no_input, timeout=timeout, device=device, dtype=dtype) for m in models]
+                      no_input=no_input, timeout=timeout, device=device, dtype=dtype, backend=backend or {}) for m in models]
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
     if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")
     ajobs = [dict(j, align_options=align_options, template=str(reports/'align.ipynb')) for j in jobs] if aligns else []
@@ -485,6 +488,7 @@ def cmd_grid(a) -> int:
                    not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout,
                    robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, executor=a.executor, address=a.address,
                    gpus_per_run=a.gpus_per_run, retries=a.retries, device=a.device, dtype=a.dtype,
+                   backend=dict(tokenizer=a.tokenizer, concurrency=a.concurrency),
                    align_options=dict(steps=a.align_steps) if a.align_steps else None)
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
@@ -497,7 +501,9 @@ def cmd_grid(a) -> int:
 def add_cli(sub):
     "Add `navab grid` to the CLI's subcommands."
     p = sub.add_parser('grid', help='evaluate every model x nation, run the papermill reports, publish HTML and index.html')
-    p.add_argument('--models', help='comma-separated models (default: settings [grid] models)')
+    p.add_argument('--models', help='comma-separated models, servers too: http(s)://host:port/v1#served-name (default: settings [grid] models)')
+    p.add_argument('--tokenizer', help="the served models' tokenizer (HF id or folder; default: each served name)")
+    p.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
     p.add_argument('--nations', help='comma-separated nation codes (default: settings [grid] nations)')
     p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation), folders holding <NATION>/samples.parquet, or the released NaVAB by name '
                    '(JadenGGGeee/NaVAB[:CONFIG[/SPLIT]]: every nation it holds, unless --nations says otherwise)')

@@ -39,7 +39,7 @@ def option_probs(logps: list) -> list:
 
 # %% ../nbs/08_llm.ipynb #d163e614
 class LocalGenerator(Generator):
-    "A local transformers model: `complete` via navab.generate, `choose` via navab.score; both cached in `run_dir`."
+    "A local transformers model through the `hf` backend (navab.generate, navab.score); both cached in `run_dir`."
     def __init__(self, model: str, run_dir=None, dtype: str = 'auto', batch_size: int = 8, seed: int = 0, device: str = 'auto'):
         from navab.models import resolve_device, resolve_dtype
         self.name, self.run_dir, self.batch_size, self.seed, self.device = str(model), run_dir, batch_size, seed, device
@@ -49,31 +49,27 @@ class LocalGenerator(Generator):
 
     def _load(self):
         if self._m is None:
-            from navab.models import load_model
-            self._m = load_model(self.name, dtype=self.dtype, device=self.device)
+            from navab.backend import HFBackend
+            self._m = HFBackend(self.name, dtype=self.dtype, device=self.device)
+        elif isinstance(self._m, tuple): self._m = HFBackend(None, loaded=self._m)   # a model loaded elsewhere
         return self._m
 
     @property
-    def info(self): return self._load()[2]
+    def info(self): return self._load().info
     @property
     def hash(self): return f"{self.info.hash}|{self.dtype}"
 
     def complete(self, prompts, *, max_new_tokens=64, stop='\n', seed=0, prefix='', progress=True, stops=None, lang=None):
-        from navab.generate import generate
-        m, tok, info = self._load()
         halt = sorted({*(stops or []), *([stop] if stop else [])})   # end each answer as soon as it holds a stop string
-        return generate([p + prefix for p in prompts], m, tok, info, run_dir=self.run_dir, max_new_tokens=max_new_tokens,
-                        temperature=0.0, seed=seed, stop=stop, stops=halt or None, lang=lang, batch_size=self.batch_size,
-                        progress=progress)
+        return self._load().generate([p + prefix for p in prompts], run_dir=self.run_dir, max_new_tokens=max_new_tokens, seed=seed,
+                                     stop=stop, stops=halt or None, lang=lang, batch_size=self.batch_size, progress=progress)
 
     def choose(self, prompts, options, progress=True):
-        from navab.score import score
-        m, tok, info = self._load()
         if len(prompts) != len(options): raise ValueError(f"choose: {len(prompts)} prompts but {len(options)} option lists")
         rows = [(p, o, i) for i, (p, os_) in enumerate(zip(prompts, options)) for o in os_]
         if not rows: return [[] for _ in prompts]
         req = pl.DataFrame(rows, schema={'context': pl.String, 'continuation': pl.String, 'group': pl.Int64}, orient='row')
-        lp = score(req, m, tok, info, run_dir=self.run_dir, batch_size=self.batch_size, progress=progress)['logprob'].to_list()
+        lp = self._load().score(req, run_dir=self.run_dir, batch_size=self.batch_size, progress=progress)['logprob'].to_list()
         out, k = [], 0
         for os_ in options: out.append(lp[k:k + len(os_)]); k += len(os_)
         return out

@@ -171,12 +171,12 @@ def _as_variations(variations) -> list:
 # %% ../nbs/10_robustness.ipynb #7aaae8d0
 def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, seed: int = 0, limit: int | None = None,
                batch_size: int = 16, dtype: str = 'auto', cache: str | Path | None = None, templates: dict | None = None,
-               n_permutations: int = 10_000, progress: bool = True, device: str = 'auto') -> dict:
-    "Re-score `samples` with `model` (a name or `(model, tok, info)`) under each variation; write variations/flips/summary to `out`."
+               n_permutations: int = 10_000, progress: bool = True, device: str = 'auto',
+               tokenizer: str | None = None, concurrency: int = 8) -> dict:
+    "Re-score `samples` with `model` (a name, a server URL, a backend or `(model, tok, info)`) under each variation; write variations/flips/summary to `out`."
     from tqdm.auto import tqdm
     from navab.evaluate import decide, load_templates
-    from navab.models import load_model
-    from navab.score import score
+    from navab.backend import get_backend
     from navab.stats import bootstrap_ci
     t0 = time.time()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,8 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
     if not len(samples): raise ValueError("no samples to re-score")
     if samples['id'].n_unique() != len(samples): raise ValueError("samples: field 'id': duplicate sample ids (check the input with navab data check)")
     T = templates or load_templates()
-    m, tok, info = load_model(model, dtype=dtype, device=device) if isinstance(model, (str, Path)) else model
+    B = get_backend(str(model) if isinstance(model, Path) else model, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency)
+    tok, info = B.tok, B.info
     rows, dec, costs = [], {}, {}
     meta = samples.select(pl.col('id').alias('sample_id'), 'nation', 'source_type')
     for v in tqdm(V, desc=f'variations {info.name}', disable=not progress):
@@ -197,7 +198,7 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
         P = variation_prompts(samples, v, seed, T, chat_tok=tok if v['chat'] == 'yes' else None)
         req = variation_requests(P, v)
         costs[v['name']] = _new_keys(req, info, cache)
-        sc = decide(score(req, m, tok, info, run_dir=cache, batch_size=batch_size, progress=False), P, v['norm'])
+        sc = decide(B.score(req, run_dir=cache, batch_size=batch_size, progress=False), P, v['norm'])
         ok = sc['correct'].fill_null(False)
         est, lo, hi = bootstrap_ci(ok.cast(pl.Float64).to_numpy(), seed=seed)
         dec[v['name']] = ok.to_list()
@@ -216,7 +217,7 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
     stable, (slo, shi) = k / len(ft), map(float, proportion_confint(k, len(ft), alpha=0.05, method='wilson'))
     spread = max(acc.values()) - min(acc.values())
     ci_w = first['ci_high'] - first['ci_low']
-    summ = dict(model=info.name, model_hash=info.hash, dtype=info.dtype, device=getattr(info, 'device', 'cpu'), seed=seed, n_samples=len(samples), n_variations=len(acc),
+    summ = dict(model=info.name, model_hash=info.hash, backend=B.kind, dtype=info.dtype, device=getattr(info, 'device', 'cpu'), seed=seed, n_samples=len(samples), n_variations=len(acc),
                 variations=list(acc), skipped={r['name']: r['reason'] for r in vt.filter(pl.col('status') == 'skipped').iter_rows(named=True)},
                 stable_share=stable, stable_ci_low=slo, stable_ci_high=shi, mean_flips=float(ft['flips'].mean()), accuracy=acc,
                 accuracy_min=min(acc.values()), accuracy_max=max(acc.values()), spread=spread,
@@ -294,7 +295,8 @@ def cmd_robustness(a) -> int:
     "navab robustness: re-score samples under the variations table; write variations, flips and summary to --out."
     S = _read_samples(a.samples, a.nation, a.out, a.limit)
     s = robustness(S, a.model, a.out, variations=a.variations, seed=a.seed, batch_size=a.batch_size, dtype=a.dtype, device=a.device,
-                   cache=a.cache, n_permutations=a.permutations)
+                   cache=a.cache, n_permutations=a.permutations,
+                   tokenizer=a.tokenizer, concurrency=a.concurrency)
     print('\n'.join(robustness_section(a.out)['text']))
     print(f"-> {a.out} ({s['cache']['n_computed']} of {s['cache']['n_requests']} requests computed, the rest from the cache; {s['wall_s']} s)")
     return 0
@@ -303,7 +305,9 @@ def add_cli(sub):
     "Add `navab robustness` to the `navab` command's subparsers."
     p = sub.add_parser('robustness', help='re-score samples under prompt-format variations: accuracy per variation, decision flips, permutation test')
     p.add_argument('--samples', required=True, nargs='+', help='one or more sample files (NaVAB release JSON needs --nation) or release names (JadenGGGeee/NaVAB:CONFIG[/SPLIT])')
-    p.add_argument('--model', required=True, help='an embedded name, a local folder or an HF id')
+    p.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
+    p.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
+    p.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
     p.add_argument('--nation', help='nation code for files that carry none')
     p.add_argument('--variations', help='the variations table (CSV; default data/variations.csv)')
     p.add_argument('--limit', type=int, help='only the first N valid samples of each file'); p.add_argument('--seed', type=int, default=0)

@@ -13,7 +13,8 @@ import polars as pl
 from .schema import atomic_write
 
 # %% auto #0
-__all__ = ['ENGINE', 'PAD_SLACK', 'RESULTS', 'encode_requests', 'request_key', 'score_reference', 'read_results', 'score']
+__all__ = ['ENGINE', 'PAD_SLACK', 'RESULTS', 'encode_requests', 'request_key', 'score_reference', 'token_logprobs',
+           'read_results', 'score']
 
 # %% ../nbs/04_score.ipynb #05d1f84b
 def _move_space(context: str, continuation: str) -> tuple:
@@ -73,8 +74,8 @@ def _head_cols(model, h, a: int, b: int, out=None):
     cap = getattr(model.config.get_text_config(), 'final_logit_softcapping', None)
     return z.div_(cap).tanh_().mul_(cap) if cap else z
 
-def _pick(model, h, rows, targets, block: int = 512, cols: int = 8192):
-    "Log-probs and greedy flags of `targets` at hidden rows `h[rows]`, normalised only over those rows."
+def _pick(model, h, rows, targets, block: int = 512, cols: int = 8192, top: bool = False):
+    "Log-probs and greedy flags of `targets` at hidden rows `h[rows]` (with `top`: also each row's top token and its log-prob)."
     import torch
     h = h.to(getattr(model.get_output_embeddings(), 'weight', h).device)   # a model spread over GPUs (cuda:all) may end on another one
     dev = h.device
@@ -82,12 +83,13 @@ def _pick(model, h, rows, targets, block: int = 512, cols: int = 8192):
     targets = torch.as_tensor(targets, dtype=torch.long, device=dev)
     lp = torch.empty(len(rows), dtype=torch.float64, device=dev)
     greedy = torch.empty(len(rows), dtype=torch.bool, device=dev)
-    if not len(rows): return lp, greedy
-    with torch.inference_mode(): _pick_blocks(model, h, rows, targets, lp, greedy, block, cols)
-    return lp, greedy
+    tops = (torch.empty(len(rows), dtype=torch.long, device=dev), torch.empty(len(rows), dtype=torch.float64, device=dev)) if top else None
+    if len(rows):
+        with torch.inference_mode(): _pick_blocks(model, h, rows, targets, lp, greedy, block, cols, tops)
+    return (lp, greedy, *tops) if top else (lp, greedy)
 
-def _pick_blocks(model, h, rows, targets, lp, greedy, block: int, cols: int):
-    "Fill `lp` and `greedy` for `_pick`, a block of rows against `cols` vocabulary columns at a time."
+def _pick_blocks(model, h, rows, targets, lp, greedy, block: int, cols: int, tops=None):
+    "Fill `lp` and `greedy` (and `tops`: top ids, top log-probs) for `_pick`, a block of rows against `cols` vocabulary columns at a time."
     import torch
     dev = h.device
     uniq, inv = torch.unique(rows, return_inverse=True)
@@ -114,8 +116,10 @@ def _pick_blocks(model, h, rows, targets, lp, greedy, block: int, cols: int):
             nm = torch.maximum(m, cm64)
             s = s * torch.exp(m - nm) + z.sub_(nm.float()[:, None]).exp_().sum(-1).double()
             m = nm
-        lp[sel] = tl - (m + s.log())[r]
+        lse = m + s.log()
+        lp[sel] = tl - lse[r]
         greedy[sel] = arg[r] == t
+        if tops is not None: tops[0][sel], tops[1][sel] = arg[r], (m - lse)[r]   # the top token's log-prob, computed as `lp` is
 
 # %% ../nbs/04_score.ipynb #4042a0af
 def _check_requests(requests: pl.DataFrame):
@@ -219,7 +223,7 @@ def _kv_out(out):
     if 'cache' in getattr(out, '__dataclass_fields__', {}) or 'cache' in out: return out.get('cache')
     return out.get('past_key_values')
 
-def _prefix_pass(model, seqs, starts, unit, padding: str):
+def _prefix_pass(model, seqs, starts, unit, padding: str, top: bool = False):
     "Run a unit's prefixes as one batch: `(who, logprobs, greedy)` of the tokens they predict, their mask, the KV cache."
     ids, mask, pos, off = _pad([seqs[g.members[0]][:g.k] for g in unit], padding)
     dev = model.device
@@ -232,9 +236,9 @@ def _prefix_pass(model, seqs, starts, unit, padding: str):
         for i in g.members:
             for j in range(starts[i] - 1, min(g.k, len(seqs[i]) - 1)):
                 rows.append(r * T + off[r].item() + j); tgts.append(seqs[i][j + 1]); who.append(i)
-    return (who, *_pick(model, out.last_hidden_state.flatten(0, 1), rows, tgts)), mask, _kv_out(out)
+    return (who, *_pick(model, out.last_hidden_state.flatten(0, 1), rows, tgts, top=top)), mask, _kv_out(out)
 
-def _suffix_pass(model, seqs, starts, unit, chunk, mask, cache, padding: str):
+def _suffix_pass(model, seqs, starts, unit, chunk, mask, cache, padding: str, top: bool = False):
     "Run members' tokens beyond their group's prefix on that prefix's KV cache: `(who, logprobs, greedy)`."
     import torch
     dev = model.device
@@ -249,7 +253,7 @@ def _suffix_pass(model, seqs, starts, unit, chunk, mask, cache, padding: str):
         kk = unit[r].k
         for t in range(max(0, starts[i] - 1 - kk), len(seqs[i]) - 1 - kk):
             rows.append(q * S + off[q].item() + t); tgts.append(seqs[i][kk + t + 1]); who.append(i)
-    return (who, *_pick(model, h, rows, tgts))
+    return (who, *_pick(model, h, rows, tgts, top=top))
 
 def _run_unit(model, seqs, starts, unit, batch_size: int, padding: str = 'right'):
     "Score one unit of groups: `(request indices, logprobs, n_tokens, greedy flags)`."
@@ -284,6 +288,39 @@ def _score_tokens(model, seqs, starts, keys, batch_size: int = 8, padding: str =
         unit = [_Group(g.k, [todo[i] for i in g.members], g.suffix) for g in unit]
         with torch.inference_mode(): done = _run_unit(model, seqs, starts, unit, batch_size, padding)
         yield done
+
+# %% ../nbs/04_score.ipynb #38cb390c
+def _prefix_keys(seqs, share: float = 0.5, least: int = 8) -> list:
+    "Group keys for token lists: neighbours in sorted order that share at least `least` tokens and `share` of the shorter one."
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+    keys, g = [0] * len(seqs), 0
+    for a, b in zip(order, order[1:]):
+        n = _lcp([seqs[a], seqs[b]])
+        if n < least or n < share * min(len(seqs[a]), len(seqs[b])): g += 1
+        keys[b] = g
+    return keys
+
+def token_logprobs(model, seqs, batch_size: int = 8, padding: str = 'right') -> list:
+    "Per token list: `(logprobs, top_ids, top_logprobs)` of its tokens after the first (what a server echoes), prefixes shared."
+    import torch
+    _check_head(model)
+    out = {i: ([], [], []) for i in range(len(seqs))}
+    todo = [i for i, x in enumerate(seqs) if len(x) > 1]
+    starts = [1] * len(seqs)
+    window = getattr(model.config.get_text_config(), 'sliding_window', None)
+    keys = _prefix_keys([seqs[i] for i in todo])
+    for unit in _plan([seqs[i] for i in todo], keys, batch_size, window, PAD_SLACK):
+        unit = [_Group(g.k, [todo[i] for i in g.members], g.suffix) for g in unit]
+        with torch.inference_mode():
+            first, mask, cache = _prefix_pass(model, seqs, starts, unit, padding, top=True)
+            rest = sorted(((r, i) for r, g in enumerate(unit) for i in g.members if len(seqs[i]) - 1 > g.k),
+                          key=lambda ri: -(len(seqs[ri[1]]) - 1 - unit[ri[0]].k))
+            parts = [first] + [_suffix_pass(model, seqs, starts, unit, rest[a:a + batch_size], mask, cache, padding, top=True)
+                               for a in range(0, len(rest), batch_size)]
+        for who, lp, _, ti, tl in parts:          # each list's tokens come in position order: its prefix part, then its suffix part
+            for w, a, b, c in zip(who, lp.tolist(), ti.tolist(), tl.tolist()):
+                out[w][0].append(a); out[w][1].append(b); out[w][2].append(c)
+    return [out[i] for i in range(len(seqs))]
 
 # %% ../nbs/04_score.ipynb #1f24bd10
 RESULTS = {'key': pl.String, 'logprob': pl.Float64, 'n_tokens': pl.Int64, 'is_greedy': pl.Boolean,

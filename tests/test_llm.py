@@ -42,8 +42,8 @@ def test_http_generator_against_real_server(tiny_model, tmp_path):
         answers = local.complete(['Answer:'], max_new_tokens=8, stop='\n', progress=False)
         opts = [answers[0][:3] or 'x', 'zzz-not-an-answer']          # the first option is what the model will write
         ch = h.choose(['Answer:'], [opts], progress=False)
-        assert h.choose_mode == 'match'                              # navab serve returns no log-probs
-        assert ch == [[0.0, -20.0]]
+        assert h.choose_mode == 'logprobs'                           # navab serve echoes log-probs
+        assert ch[0][0] > ch[0][1]                                   # the model's own answer beats a string it would never write
         assert get_generator(s.url).model == str(tiny_model)         # no '#model': the server's first model
 
 
@@ -65,6 +65,22 @@ def test_http_choose_with_logprobs(tmp_path):
         n = len(calls)
         assert HttpGenerator(s.url, 'm', run_dir=tmp_path).choose(['Q: ok? A:', 'Hi'], [[' yes', ' no'], ['!']], progress=False) == got
         assert len(calls) == n + 1                                   # only the probe: the answers come from the cache
+
+
+def test_http_choose_falls_back_to_matching(tmp_path):
+    "A server that returns no log-probs: choose asks for a short answer and matches it to the options."
+    from fastapi import FastAPI
+    from navab.serve import Server
+    app = FastAPI()
+
+    @app.post('/v1/completions')
+    def comp(req: dict):
+        ps = req['prompt'] if isinstance(req['prompt'], list) else [req['prompt']]
+        return {'choices': [{'index': i, 'text': ' yes, surely', 'logprobs': None} for i in range(len(ps))]}
+    with Server(app) as s:
+        h = HttpGenerator(s.url, 'm', run_dir=tmp_path)
+        assert h.choose(['Q: ok? A:'], [[' no', ' yes']], progress=False) == [[-20.0, 0.0]]
+        assert h.choose_mode == 'match'
 
 
 def test_get_generator_names():
