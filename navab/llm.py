@@ -48,9 +48,8 @@ class LocalGenerator(Generator):
         if run_dir: Path(run_dir).mkdir(parents=True, exist_ok=True)
 
     def _load(self):
-        if self._m is None:
-            from navab.backend import HFBackend
-            self._m = HFBackend(self.name, dtype=self.dtype, device=self.device)
+        from navab.backend import HFBackend
+        if self._m is None: self._m = HFBackend(self.name, dtype=self.dtype, device=self.device)
         elif isinstance(self._m, tuple): self._m = HFBackend(None, loaded=self._m)   # a model loaded elsewhere
         return self._m
 

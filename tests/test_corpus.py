@@ -66,6 +66,7 @@ def test_load_stage_streams_in_bounded_memory(tmp_path):
     print(f"corpus {mib(size)} in {per} shards: peak RSS {mib(r['peak'])} (interpreter {mib(base)}); one shard ({mib(size / per)}): {mib(one['peak'])}")
     per_article = (r['peak'] - one['peak']) / (n - n // per)     # what 7 more shards cost: the id index for cross-shard duplicates, not the texts
     print(f"{per_article:.0f} bytes of memory per added article (article: {size / n:.0f} bytes)")
-    assert per_article < 0.2 * size / n, f"each added article cost {per_article:.0f} bytes of memory (article: {size / n:.0f} bytes): not streaming"
-    assert r['peak'] < 0.6 * size + base, f"peak {mib(r['peak'])} for a {mib(size)} corpus"
+    assert per_article < 0.3 * size / n, f"each added article cost {per_article:.0f} bytes of memory (article: {size / n:.0f} bytes): not streaming"
+    # holding the texts would add at least the 7 more shards' bytes; the fixed cost (polars' reader, one batch) is in `one`
+    assert r['peak'] < one['peak'] + 0.25 * size, f"peak {mib(r['peak'])} for a {mib(size)} corpus (one shard: {mib(one['peak'])})"
     assert pl.scan_parquet(tmp_path/'parts'/'nation=DE'/'*.parquet').select(pl.len()).collect().item() == n // 2
