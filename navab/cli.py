@@ -282,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument('--out', default='reports'); de.add_argument('--workers', type=int, help='reports in parallel processes')
     de.add_argument('--limit', type=int, help='at most N samples per run'); de.add_argument('--aj-limit', type=int, default=16, help='at most N samples per AJ run (default 16; 0: all)')
     de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
-    de.add_argument('--articles', type=int, default=8, help='extract from the first N articles of each nation (0: all 40; default 8 keeps the demo near 10 minutes on 2 cores)')
+    de.add_argument('--articles', type=int, default=8, help='extract from the first N articles of each nation (0: all 40; default 8: with grounding and reversal validation extraction takes most of the demo time)')
     de.add_argument('--opinions-limit', type=int, default=40, help='at most N GlobalOpinionQA items per nation (default 40; 0: all)')
     de.add_argument('--align-steps', type=int, default=8, help='DPO steps of the demo alignment run (SmolLM2, LoRA; default 8; 0: no alignment run)')
     device_args(de); de.set_defaults(fn=cmd_demo)
