@@ -128,27 +128,29 @@ def _sync(device):
     if str(device).startswith('cuda'): torch.cuda.synchronize()
 
 
-def _timed(model, ref, device, dtype, batch_size):
-    "Score the reference on `device`/`dtype` (after a warm-up pass): log-probs, greedy flags, seconds, tokens fed, FLOPs."
+def _timed(model, ref, device, dtype, batch_size, repeat: int = 1):
+    "Score the reference on `device`/`dtype`: log-probs and greedy flags, then a timed pass over the requests `repeat` times (distinct groups, after a warm-up): seconds, tokens fed, FLOPs."
     import torch
     m = model.to(device=device, dtype=dtype)
     fed = [0]
     h = m.base_model.register_forward_hook(lambda mod, args, kw, out: fed.__setitem__(0, fed[0] + kw['input_ids'].numel()), with_kwargs=True)
+    seqs, starts = ref['seqs'] * repeat, ref['starts'] * repeat
+    keys = [(c, *k) for c in range(repeat) for k in ref['keys']]          # each copy its own prefix group: no sharing across copies
     try:
-        _score_all(m, ref['seqs'][:8], ref['starts'][:8], ref['keys'][:8], batch_size)     # warm-up: kernels, allocator
+        lp, gr = _score_all(m, ref['seqs'], ref['starts'], ref['keys'], batch_size)      # the answers compared, and a warm-up
         fed[0] = 0; _sync(device); t = time.perf_counter()
-        lp, gr = _score_all(m, ref['seqs'], ref['starts'], ref['keys'], batch_size)
+        _score_all(m, seqs, starts, keys, batch_size)
         _sync(device); sec = time.perf_counter() - t
     finally: h.remove()
     emb = m.get_input_embeddings().weight.numel()
     body = sum(p.numel() for p in m.base_model.parameters()) - emb                     # the lookup table does no FLOPs
     head = m.get_output_embeddings().weight.numel()
-    picked = sum(len(s) - st for s, st in zip(ref['seqs'], ref['starts']))             # rows the engine runs the head on
+    picked = sum(len(s) - st for s, st in zip(seqs, starts))                           # rows the engine runs the head on
     flops = 2 * body * fed[0] + 2 * head * picked                                       # dense matmuls; attention's own FLOPs left out
     return lp, gr, sec, fed[0], flops
 
 
-def check(refs, device: str, batch_size: int, weights: str | None, out: Path | None):
+def check(refs, device: str, batch_size: int, weights: str | None, out: Path | None, repeat: int = 1):
     import torch, transformers
     from navab.models import resolve_device, resolve_dtype
     dev = resolve_device(device)
@@ -169,13 +171,13 @@ def check(refs, device: str, batch_size: int, weights: str | None, out: Path | N
                    cpu_reference='the reference file (navab venv, torch ' + ref['torch'] + ')' if real and not os.environ.get('GPU_CHECK_LOCAL_CPU') else f'this machine\'s CPU, float32 ({cpu_s:.1f} s)')
         dc = _decisions(ref, cpu)
         for name, dt in (('fp32', torch.float32), ('bf16', torch.bfloat16)):
-            lp, gr, sec, fed, flops = _timed(model, ref, dev, dt, batch_size)
+            lp, gr, sec, fed, flops = _timed(model, ref, dev, dt, batch_size, repeat)
             d = max(abs(a - b) for a, b in zip(lp, cpu))
             dd = _decisions(ref, lp)
             same = sum(dd[k] == dc[k] for k in dc) / len(dc)
-            row[name] = dict(max_abs_logprob_diff=d, decisions_same=same, seconds=sec, tokens_fed=fed, flops=flops, flops_per_s=flops / sec,
+            row[name] = dict(max_abs_logprob_diff=d, decisions_same=same, timed_requests=len(ref['seqs']) * repeat, seconds=sec, tokens_fed=fed, flops=flops, flops_per_s=flops / sec,
                              share_of_peak=flops / sec / peak)
-            print(f"  {name} on {dev}: max |logprob - CPU fp32| {d:.2e}, MC decisions identical {same:.1%}, {sec:.2f} s, "
+            print(f"  {name} on {dev}: max |logprob - CPU fp32| {d:.2e}, MC decisions identical {same:.1%}, timed {len(ref['seqs']) * repeat:,} requests in {sec:.2f} s ({len(ref['seqs']) * repeat / sec:,.0f}/s), "
                   f"{fed:,} tokens fed, {_rate(flops / sec)} = {flops / sec / peak:.1%} of the measured {'bf16' if dev.startswith('cuda') else 'fp32'} matmul rate")
         results.append(row)
         model.to('cpu'); del model
@@ -185,6 +187,74 @@ def check(refs, device: str, batch_size: int, weights: str | None, out: Path | N
         (out / 'gpu_check.json').write_text(json.dumps(dict(device=dev, torch=torch.__version__, transformers=transformers.__version__, results=results), indent=1))
         print(f"\n-> {out / 'gpu_check.json'}")
     return results
+
+
+def install_check(root: Path = HERE.parent):
+    "`pip install -e .` into a venv over this machine's own packages (no index, no deps): does it keep their torch, and which of navab's requirements do they already meet?"
+    import subprocess, tempfile, venv
+    env = Path(tempfile.mkdtemp()) / 'venv'
+    venv.EnvBuilder(with_pip=False).create(env)
+    py = env / 'bin' / 'python'
+    import site                                  # this interpreter's packages (torch among them) seen from the new venv, as if installed there first
+    sp = subprocess.run([py, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], capture_output=True, text=True).stdout.strip()
+    (Path(sp) / 'machine.pth').write_text('\n'.join(site.getsitepackages()) + '\n')
+    def torch_version(): return subprocess.run([py, '-c', 'import torch; print(torch.__version__)'], capture_output=True, text=True).stdout.strip()
+    before = torch_version()
+    r = subprocess.run([sys.executable, '-m', 'pip', '--python', str(py), 'install', '-q', '--no-index', '--no-deps', '--no-build-isolation', '-e', str(root)],
+                       capture_output=True, text=True)
+    print(f"pip install -e . into a venv over Python {sys.version.split()[0]}'s packages: rc {r.returncode}" + (f"\n{r.stderr[-1500:]}" if r.returncode else ''))
+    code = ('''import importlib.metadata as m, json
+from packaging.requirements import Requirement
+ok, missing, off = [], [], []
+import sys, sysconfig
+nv = next(d for d in m.distributions(path=[sysconfig.get_paths()["purelib"]]) if d.metadata["Name"] == "navab")   # the one just installed
+for q in map(Requirement, nv.requires or []):
+    if q.marker and not q.marker.evaluate({"extra": ""}): continue
+    try: v = m.version(q.name)
+    except m.PackageNotFoundError: missing.append(q.name); continue
+    (ok if q.specifier.contains(v, prereleases=True) else off).append(f"{q.name} {v} (wants {q.specifier})")
+print(json.dumps(dict(ok=ok, missing=missing, off=off)))''')
+    q = subprocess.run([py, '-c', code], capture_output=True, text=True)
+    res = json.loads(q.stdout) if q.returncode == 0 else dict(error=q.stderr[-800:])
+    after = torch_version()
+    print(f"torch before {before}, after {after}: {'kept' if before == after else 'CHANGED'}")
+    for k in ('ok', 'off', 'missing'): print(f"  requirements {k}: {len(res.get(k, []))}: {', '.join(res.get(k, []))}")
+    return dict(rc=r.returncode, torch_before=before, torch_after=after, **res)
+
+
+# A 7B model's shape (Qwen2.5-7B-Instruct's config.json: the size a national-values study scores), for the engine's FLOP/s at scale.
+SCALE_CONFIGS = {'qwen2.5-7b': dict(model_type='qwen2', vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                    num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6,
+                                    rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act='silu')}
+
+
+def scale_check(ref_file: Path, name: str, device: str, batch_size: int, repeat: int, out: Path | None):
+    "The engine on a 7B-shaped model (seeded random weights, built on the GPU): bf16 against fp32 on the same GPU, and achieved FLOP/s."
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    ref = json.loads(gzip.decompress(Path(ref_file).read_bytes()))          # its token ids: real HK requests (they fit any larger vocabulary)
+    cfg = AutoConfig.for_model(**SCALE_CONFIGS[name])
+    assert max(max(x) for x in ref['seqs']) < cfg.vocab_size
+    peak = _matmul_rate(device, torch.bfloat16, **({} if device.startswith("cuda") else dict(n=1024, reps=3)))
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    with torch.device(device): model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    n = sum(p.numel() for p in model.parameters())
+    print(f"\n{name}-shaped model, {n / 1e9:.2f}B parameters, seeded random weights built on {device} in {time.perf_counter() - t:.1f} s; "
+          f"{len(ref['seqs'])} requests from {Path(ref_file).name} x {repeat}; matmul rate (bf16) {_rate(peak)}")
+    row = dict(model=f'{name} shape (random weights)', params=n, peak_flops=peak, reference='fp32 on the same GPU')
+    base = None
+    for nm, dt in (('fp32', torch.float32), ('bf16', torch.bfloat16)):
+        lp, gr, sec, fed, flops = _timed(model, ref, device, dt, batch_size, repeat if nm == 'bf16' else 1)
+        base = base or lp
+        d = max(abs(a - b) for a, b in zip(lp, base))
+        row[nm] = dict(max_abs_logprob_diff_vs_fp32=d, timed_requests=len(ref['seqs']) * (repeat if nm == 'bf16' else 1), seconds=sec,
+                       tokens_fed=fed, flops_per_s=flops / sec, share_of_peak=flops / sec / peak)
+        print(f"  {nm}: max |logprob - fp32| {d:.2e}; timed {row[nm]['timed_requests']:,} requests in {sec:.2f} s "
+              f"({row[nm]['timed_requests'] / sec:,.0f}/s, {fed / sec:,.0f} tokens/s), {_rate(flops / sec)} = {flops / sec / peak:.1%} of the measured bf16 matmul rate")
+    if out:
+        out.mkdir(parents=True, exist_ok=True); (out / f'scale_{name}.json').write_text(json.dumps(row, indent=1))
+    return row
 
 
 def main(argv=None):
@@ -197,7 +267,17 @@ def main(argv=None):
     p.add_argument('--weights', help='a folder of real weights for a single reference')
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--out', help='write gpu_check.json here')
+    p.add_argument('--repeat', type=int, default=1, help='time the requests this many times over (distinct prefix groups): a workload large enough to leave launch overhead behind')
+    p.add_argument('--install-check', action='store_true', help="`pip install -e .` over this machine's packages (no network): is its torch kept?")
+    p.add_argument('--scale', choices=sorted(SCALE_CONFIGS), help="time the engine on this model's shape instead (random weights built on the device; bf16 vs fp32 there)")
     a = p.parse_args(argv)
+    if a.scale:
+        _no_polars()
+        return scale_check(Path(a.refs) / 'smollm2-135m.json.gz', a.scale, a.device, a.batch_size, a.repeat, Path(a.out) if a.out else None)
+    if a.install_check:
+        res = install_check()
+        if a.out: Path(a.out).mkdir(parents=True, exist_ok=True); (Path(a.out) / 'install_check.json').write_text(json.dumps(res, indent=1))
+        return
     if a.cpu_reference:
         shared = Path(os.environ.get('NAVAB_SHARED', HERE.parent.parent / 'shared' / 'data'))
         return cpu_reference([m.strip() for m in a.models.split(',') if m.strip()], Path(a.refs), a.limit, shared)
@@ -205,7 +285,7 @@ def main(argv=None):
     if stub: print("polars is not installed here: navab's engine core runs without it (a placeholder module stands in)")
     refs = sorted(Path(a.refs).glob('*.json.gz'))
     if not refs: sys.exit(f"gpu_check: no reference files in {a.refs}: run `benchmarks/gpu_check.sh --cpu-reference` first (in navab's venv)")
-    check(refs, a.device, a.batch_size, a.weights, Path(a.out) if a.out else None)
+    check(refs, a.device, a.batch_size, a.weights, Path(a.out) if a.out else None, a.repeat)
 
 
 if __name__ == '__main__':

@@ -27,6 +27,10 @@
 #   benchmarks/gpu_check.sh --cpu-reference       # here, in navab's venv: writes benchmarks/gpu_ref/*.json.gz
 #   benchmarks/gpu_check.sh [--out DIR]           # on the GPU machine: the check (python3 on PATH, or $PYTHON)
 #   benchmarks/gpu_check.sh --device cpu          # a dry run of the whole path on the CPU (tests/test_gpu_check.py)
+#   benchmarks/gpu_check.sh --batch-size 64 --repeat 30      # time 30x the requests (distinct prefix groups): past launch overhead
+#   benchmarks/gpu_check.sh --scale qwen2.5-7b --batch-size 64 --repeat 30   # the engine on a 7B shape (random weights built on the GPU)
+#   benchmarks/gpu_check.sh --install-check       # `pip install -e .` over the machine's own packages (no network): torch kept?
+# Figures from an H200 (2026-12-04, the commands above): benchmarks/gpu_results/ (h200_2026-12-04.log and one JSON a run).
 # Not run by `make test`: no GPU is lent to most sessions. tests/test_gpu_check.py runs the CPU dry run on a tiny model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
