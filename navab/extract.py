@@ -5,7 +5,7 @@ conflict, source, samples), each stage stored in the run folder, resumable after
 
 # %% ../nbs/09_extract.ipynb #78f359e9
 from __future__ import annotations
-import hashlib, importlib, json, os, re, sys
+import hashlib, importlib, json, os, re, sys, time
 from pathlib import Path
 import polars as pl
 from .schema import atomic_write
@@ -168,6 +168,13 @@ def _uses_gen(stage: str, opts: dict) -> bool:
     return stage != 'topics' or bool(opts.get('llm_labels', False))
 
 # %% ../nbs/09_extract.ipynb #b9ece3fc
+def _log_time(out: Path, stage: str, wall: float, cpu: float, n_in: int):
+    "Record a stage's wall and CPU seconds in DIR/timings.json (the last run of each stage; counts.json stays free of timings, so reruns compare equal)."
+    p = out/'timings.json'
+    t = json.loads(p.read_text()) if p.exists() else {}
+    t[stage] = dict(seconds=round(wall, 2), cpu_seconds=round(cpu, 2), n_in=n_in)
+    atomic_write(p, lambda f: Path(f).write_text(json.dumps(t, indent=1) + '\n'))
+
 def extract(corpus, nation: str, out, generator=None, stages=None, seed: int = 0, progress: bool = True,
             limit: int | None = None, settings=None, options: dict | None = None, device: str = 'auto', dtype: str = 'auto') -> dict:
     "Run the extraction stages for one nation's corpus into folder `out`, resuming what a killed run finished; returns counts."
@@ -193,7 +200,9 @@ def extract(corpus, nation: str, out, generator=None, stages=None, seed: int = 0
             why = 'does not exist' if not path.exists() else 'was made from other inputs or settings'
             raise ValueError(f"stage {st}: {path} {why}; run it (--stages {st},{todo[0]})")
         inp = frame.filter(pl.col('kept')).drop('kept') if 'kept' in frame.columns else frame
+        t0, c0 = time.perf_counter(), time.process_time()
         frame, q = stage_fn(st)(inp, gen if _uses_gen(st, opts) else None, nation=nation, lang=lang, seed=seed, progress=progress, **opts)
+        _log_time(out, st, time.perf_counter() - t0, time.process_time() - c0, len(inp))
         q = q.select([pl.col(c).cast(t) if c in q.columns else pl.lit(None, t).alias(c) for c, t in QCOLS.items()])
         n_in = len(inp)
         atomic_write(out/'quarantine'/f'{st}.parquet', lambda t: q.with_columns(pl.lit(st).alias('stage'), pl.lit(n_in).alias('n_in')).write_parquet(t))

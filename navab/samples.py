@@ -170,8 +170,9 @@ def _retry_sample_prompt(statement: str, lang: str, why: str | None) -> str:
 
 def samples(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, progress: bool = True,
             near_copy: float = 0.95, dup_threshold: float = 0.9, max_new_tokens: int = 160, judge: bool = True,
-            min_votes: int = REVERSAL['min_votes'], config: dict | None = None) -> tuple:
-    "(frame, quarantine): one sample per statement, Q and RS generated and validated as a reversal (regenerated once with the reason), near-duplicates dropped."
+            min_votes: int = REVERSAL['min_votes'], config: dict | None = None, reverse: str = 'generate') -> tuple:
+    "(frame, quarantine): one sample per statement, Q and RS by rule (`reverse='rules'`) or generated, validated as a reversal (a failed rule or first answer: one more try by the model), near-duplicates dropped."
+    if reverse not in ('rules', 'generate'): raise ValueError(f"samples: reverse {reverse!r}: 'rules' (negation, then the model) or 'generate' (the model)")
     q, rows = [], []
     for r in df.iter_rows(named=True):
         if not isinstance(r.get('statement'), str) or not r['statement'].strip():
@@ -198,16 +199,28 @@ def samples(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, pro
         feats = {i: (j.row(k, named=True) if j is not None else {}) for k, i in enumerate(ok)}
         return {i: (feats[i], validate_reversal(res[i]['value']['question'], S(rows[i]), res[i]['value']['reverse_statement'], L(rows[i]),
                                                 feats[i].get('votes'), min_votes)) for i in ok}
-    idx = list(range(len(rows)))
-    res = ask(idx, {i: sample_prompt(S(rows[i]), L(rows[i])) for i in idx}, 1, seed)
-    ver = verdicts(idx, res)
-    again = [i for i, (f, why) in ver.items() if why and why.startswith('not-contradicting') and res[i]['attempts'] == 1]
+    idx, res, ver, ruled = list(range(len(rows))), {}, {}, {}
+    if reverse == 'rules':   # the minimal-pair negation and its yes/no question (chapter 07a); what no rule covers, or fails validation, goes to the model
+        from navab.language import negate, yes_no_question
+        for i in idx:
+            if (rs := negate(S(rows[i]), L(rows[i]))):
+                v = {'question': yes_no_question(S(rows[i]), L(rows[i])), 'reverse_statement': rs}
+                ruled[i] = {'value': v, 'raw': json.dumps(v, ensure_ascii=False), 'attempts': 1, 'reason': None, 'method': 'rules'}
+        rv = verdicts(list(ruled), ruled)
+        for i, (f, why) in rv.items():
+            if why is None: res[i], ver[i] = ruled[i], rv[i]
+    todo = [i for i in idx if i not in res]
+    first = {i: f"rules: {rv[i][1]}" for i in todo if i in ruled}
+    got = ask(todo, {i: sample_prompt(S(rows[i]), L(rows[i])) for i in todo}, 1, seed) if todo else {}
+    for i in todo: res[i] = {**got[i], 'method': 'generate', **({'first_reason': first[i]} if i in first and 'first_reason' not in got[i] else {})}
+    ver.update(verdicts(todo, res) if todo else {})
+    again = [i for i in todo if i in ver and ver[i][1] and ver[i][1].startswith('not-contradicting') and res[i]['attempts'] == 1]
     if again:   # the judges said no to a first answer: one more try, with the reason
         res2 = ask(again, {i: _retry_sample_prompt(S(rows[i]), L(rows[i]), ver[i][1]) for i in again}, 0, seed + 1)
         ver2 = verdicts(again, res2)
         for i in again:
             if i in ver2:
-                res[i] = {**res2[i], 'attempts': 2, 'first_reason': ver[i][1]}; ver[i] = ver2[i]
+                res[i] = {**res2[i], 'attempts': 2, 'first_reason': ver[i][1], 'method': 'generate'}; ver[i] = ver2[i]
             else: res[i] = {**res[i], 'attempts': 2, 'reason': f"{ver[i][1]}; retry: {res2[i]['reason']}", 'first_reason': ver[i][1]}
     good = []
     for i, r in enumerate(rows):
@@ -220,14 +233,14 @@ def samples(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, pro
         else:
             v = a['value']; feats, why = ver[i]
         prov = json.dumps({'statement_id': r['id'], 'article_id': r.get('article_id'), 'generator': getattr(gen, 'name', ''),
-                           'attempts': a['attempts']}, ensure_ascii=False)
+                           'attempts': a['attempts'], 'method': a.get('method', 'generate')}, ensure_ascii=False)
         good.append(dict(id=str(r['id']), nation=r.get('nation') or nation, lang=L(r), topic=_topic(r),
                          source_type=r.get('source_type') or 'official', question=v['question'], statement=S(r),
                          reverse_statement=v['reverse_statement'], provenance=prov, speaker=r.get('speaker'),
                          article_id=r.get('article_id'), text=r.get('text'), raw=a['raw'], attempts=a['attempts'],
                          grounding=r.get('grounding'), rs_copy_ratio=copy_ratio(v['reverse_statement'], r['statement']), rs_neg_xor=feats.get('neg_xor'),
                          rs_connective=feats.get('llm_connective'), rs_judge=feats.get('llm_judge'), rs_votes=feats.get('votes'),
-                         first_reason=a.get('first_reason'), drop_reason=why))
+                         first_reason=a.get('first_reason'), drop_reason=why, method=a.get('method', 'generate')))
     valid = [g for g in good if g['drop_reason'] is None]
     dup = near_duplicates([g['id'] for g in valid], [g['statement'] for g in valid], dup_threshold, seed)
     for g in good:
@@ -238,7 +251,7 @@ def samples(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, pro
            'question': pl.String, 'statement': pl.String, 'reverse_statement': pl.String, 'provenance': pl.String,
            'speaker': pl.String, 'article_id': pl.String, 'text': pl.String, 'raw': pl.String, 'attempts': pl.Int64,
            'grounding': pl.Float64, 'rs_copy_ratio': pl.Float64, 'rs_neg_xor': pl.Int64, 'rs_connective': pl.Float64, 'rs_judge': pl.Float64,
-           'rs_votes': pl.Int64, 'first_reason': pl.String, 'drop_reason': pl.String, 'rs_verdict': pl.String, 'kept': pl.Boolean}
+           'rs_votes': pl.Int64, 'first_reason': pl.String, 'drop_reason': pl.String, 'method': pl.String, 'rs_verdict': pl.String, 'kept': pl.Boolean}
     return pl.DataFrame(good, schema=sch), pl.DataFrame(q, schema=_empty_quarantine().schema) if q else _empty_quarantine()
 
 # %% ../nbs/08d_samples.ipynb #318d00c7

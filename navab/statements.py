@@ -13,7 +13,7 @@ from .llm import Generator, ask_json, delimit, option_probs, parse_json
 # %% auto #0
 __all__ = ['EXTRACT_PROMPT', 'STEM', 'GROUNDING', 'STATEMENT_COLS', 'QUARANTINE_COLS', 'BUDGET', 'RETRY_NOTE', 'DIMENSIONS',
            'SCREEN_PROMPT', 'CONTENT_FREE', 'SCREEN_COLS', 'extract_prompt', 'support_units', 'support', 'ground',
-           'salvage_sentence', 'extract_statements', 'screen_prompt', 'screen']
+           'salvage_sentence', 'extract_statements', 'screen_prompt', 'screen', 'select_statements']
 
 # %% ../nbs/08a_statements.ipynb #686d628d
 EXTRACT_PROMPT = {
@@ -111,7 +111,7 @@ def ground(statement: str, article: str | None, lang: str, threshold: float = GR
 # %% ../nbs/08a_statements.ipynb #89501e3e
 STATEMENT_COLS = {'id': pl.String, 'article_id': pl.String, 'nation': pl.String, 'lang': pl.String, 'topic': pl.Int64,
                   'topic_label': pl.String, 'statement': pl.String, 'raw': pl.String, 'attempts': pl.Int64,
-                  'generator': pl.String, 'grounding': pl.Float64, 'grounding_example': pl.Float64, 'salvaged': pl.Boolean,
+                  'generator': pl.String, 'grounding': pl.Float64, 'grounding_example': pl.Float64, 'salvaged': pl.Boolean, 'method': pl.String,
                   'first_reason': pl.String, 'drop_reason': pl.String, 'kept': pl.Boolean}
 QUARANTINE_COLS = {'row': pl.String, 'stage': pl.String, 'reason': pl.String, 'raw': pl.String}
 BUDGET = {'zh': 120, 'en': 72, 'fr': 88, 'de': 88}   # new tokens per language: a Chinese sentence takes more tokens
@@ -144,8 +144,11 @@ def _retry_prompt(text, lang, title, why) -> str:
 
 def extract_statements(topics_df: pl.DataFrame, gen: Generator, *, nation: str, lang: str, seed: int = 0,
                        progress: bool = True, max_new_tokens: int | None = None, salvage: bool = True,
-                       threshold: float = GROUNDING['threshold']) -> tuple:
+                       threshold: float = GROUNDING['threshold'], method: str = 'generate') -> tuple:
     "(frame, quarantine): one grounded statement per article (strict JSON, right language, retried once with the reason); unparsed rows quarantined, unsupported ones dropped with the reason."
+    if method == 'select': return select_statements(topics_df, gen, nation=nation, lang=lang, seed=seed, progress=progress,
+                                                    max_new_tokens=max_new_tokens, salvage=salvage, threshold=threshold)
+    if method != 'generate': raise ValueError(f"statements: method {method!r}: 'select' (the article's own sentence) or 'generate' (the model writes it)")
     if 'text' not in topics_df.columns: raise ValueError(f"statements: input for {nation} has no 'text' column")
     rows = topics_df.to_dicts()
     get = lambda r, k: r.get(k)
@@ -169,7 +172,7 @@ def extract_statements(topics_df: pl.DataFrame, gen: Generator, *, nation: str, 
         good.append(dict(id=f"{aid}-s0", article_id=aid, nation=r.get('nation') or nation, lang=r.get('lang') or lang,
                          topic=get(r, 'topic'), topic_label=get(r, 'topic_label'), statement=value['statement'],
                          raw=x['raw'], attempts=x['attempts'], generator=gen.name, grounding=g, grounding_example=e,
-                         salvaged=bool(x.get('salvaged')), first_reason=x.get('first_reason'), drop_reason=why, kept=why is None))
+                         salvaged=bool(x.get('salvaged')), method='generate', first_reason=x.get('first_reason'), drop_reason=why, kept=why is None))
     return pl.DataFrame(good, schema=STATEMENT_COLS), pl.DataFrame(bad, schema=QUARANTINE_COLS)
 
 # %% ../nbs/08a_statements.ipynb #11370bff
@@ -266,4 +269,49 @@ def screen(statements_df: pl.DataFrame, gen: Generator, *, nation: str, lang: st
                             pl.Series('dimension_p', [option_probs(lp)[b] for lp, b in zip(dl, best)], pl.Float64),
                             pl.Series('reason', why, pl.String), pl.lit(float(threshold)).alias('screen_threshold'),
                             pl.Series('kept', [p >= threshold for p in p_yes], pl.Boolean))
+    return frame, q
+
+# %% ../nbs/08a_statements.ipynb #b9e25349
+def _candidates(text: str, lang: str) -> list:
+    "(statement, deontic) for each sentence of `text` that states a value or an opinion and that a rule can reverse, in order, without repeats."
+    from navab.language import sentences, cue, opinion, statement_of, negate
+    out = []
+    for s in sentences(text, lang):
+        if not (cue(s, lang) or opinion(s, lang)): continue
+        st = statement_of(s, lang)
+        if st and negate(st, lang) and st not in [c for c, _ in out]: out.append((st, cue(st, lang)))
+    return out
+
+def select_statements(topics_df: pl.DataFrame, gen: Generator, *, nation: str, lang: str, seed: int = 0, progress: bool = True,
+                      max_new_tokens: int | None = None, salvage: bool = True, threshold: float = GROUNDING['threshold'],
+                      fallback: bool = True) -> tuple:
+    "(frame, quarantine): per article, its own sentence that states a value (deontic first, then the judge's P(yes)); articles without one go to the model (`fallback`)."
+    if 'text' not in topics_df.columns: raise ValueError(f"statements: input for {nation} has no 'text' column")
+    rows = topics_df.to_dicts()
+    cands = {i: c for i, r in enumerate(rows) if (c := _candidates(r['text'], lang))}
+    flat = [(i, st, d) for i, c in cands.items() for st, d in c]
+    P = SCREEN_PROMPT[lang]
+    yn = gen.choose([screen_prompt(st, lang) for _, st, _ in flat], [[P['yes'], P['no']]] * len(flat), progress=progress) if flat else []
+    best = {}
+    for (i, st, d), lp in zip(flat, yn):
+        k = (d, option_probs(lp)[0])
+        if i not in best or k > best[i][0]: best[i] = (k, st)
+    good = []
+    for i, (k, st) in sorted(best.items()):
+        r = rows[i]
+        g, e, why = ground(st, r['text'], lang, threshold)
+        good.append(dict(id=f"{r['id']}-s0", article_id=str(r['id']), nation=r.get('nation') or nation, lang=r.get('lang') or lang,
+                         topic=r.get('topic'), topic_label=r.get('topic_label'), statement=st, raw=json.dumps({'statement': st, 'p_yes': k[1]}, ensure_ascii=False),
+                         attempts=0, generator=gen.name, grounding=g, grounding_example=e, salvaged=False, method='select',
+                         first_reason=None, drop_reason=why, kept=why is None))
+    frame, q = pl.DataFrame(good, schema=STATEMENT_COLS), pl.DataFrame([], schema=QUARANTINE_COLS)
+    rest = [i for i in range(len(rows)) if i not in best]
+    if rest and fallback:
+        f2, q = extract_statements(topics_df[rest], gen, nation=nation, lang=lang, seed=seed, progress=progress,
+                                   max_new_tokens=max_new_tokens, salvage=salvage, threshold=threshold)
+        order = {str(r['id']): i for i, r in enumerate(rows)}
+        frame = pl.concat([frame, f2]).sort(pl.col('article_id').replace_strict(order, return_dtype=pl.Int64))
+    elif rest:
+        q = pl.DataFrame([dict(row=str(rows[i]['id']), stage='statements', reason='no sentence that states a value and that a rule can reverse', raw=None)
+                          for i in rest], schema=QUARANTINE_COLS)
     return frame, q
