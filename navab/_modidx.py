@@ -3,6 +3,7 @@
 d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_url': 'https://github.com/navab/navab', 'lib_path': 'navab'},
   'syms': { 'navab.align': { 'navab.align._as_samples': ('align.html#_as_samples', 'navab/align.py'),
                              'navab.align._comparisons': ('align.html#_comparisons', 'navab/align.py'),
+                             'navab.align._cross_samples': ('align.html#_cross_samples', 'navab/align.py'),
                              'navab.align._device': ('align.html#_device', 'navab/align.py'),
                              'navab.align._eval_arms': ('align.html#_eval_arms', 'navab/align.py'),
                              'navab.align._fmt_rows': ('align.html#_fmt_rows', 'navab/align.py'),

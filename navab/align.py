@@ -294,6 +294,23 @@ def _comparisons(rows: list, out: Path, seed: int) -> list:
     return res
 
 # %% ../nbs/10a_align.ipynb #418ad51f
+def _cross_samples(cross: dict | None, code: str, S, max_chars: int = MAX_CHARS) -> dict:
+    "The other nations' samples for the cross-nation effect, read before any training: {code: (samples, counts)}; a clear error for a bad nation or no valid pair."
+    by = {}
+    for nat, files in (cross or {}).items():   # any file read_pairs reads: samples, release files, GlobalOpinionQA
+        try: k = S.nation(nat).code
+        except ValueError as e: raise ValueError(f"--cross {nat}: {e}") from None
+        if k == code: raise ValueError(f"--cross {nat}: the nation being aligned: its held-out pairs are evaluated already (a cross set is another nation)")
+        by.setdefault(k, []).extend([files] if isinstance(files, (str, Path)) else files)
+    got = {}
+    for k, files in by.items():
+        r = [read_pairs(f, k, S, max_chars) for f in files]
+        P = pl.concat([x[0] for x in r]).unique('id', keep='first', maintain_order=True)
+        if not len(P): raise ValueError(f"--cross {k}: no valid {k} pairs in {', '.join(map(str, files))}")
+        got[k] = (_as_samples(P), dict(file=', '.join(map(str, files)), n_in=sum(x[2] for x in r), out=len(P),
+                                       quarantined=sum(x[1].select('file', 'row').n_unique() if len(x[1]) else 0 for x in r)))
+    return got
+
 def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lora: bool = True, epochs: float = 1.0, steps: int | None = None,
           beta: float = 0.1, lr: float = 5e-5, batch_size: int = 4, seed: int = 0, device: str = 'auto', save_steps: int = 10,
           max_length: int = 256, test_frac: float = 0.3, min_groups: int = 4, methods=('mc', 'aj'), ablation_pairs: str | Path | None = None,
@@ -303,6 +320,7 @@ def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lo
     t0 = time.time(); out = Path(out); out.mkdir(parents=True, exist_ok=True)
     S = load_settings(); code = S.nation(nation).code
     trainable(model)                                   # a model that cannot be trained fails before any work
+    crossed = _cross_samples(cross, code, S, max_chars)  # so do bad --cross nations and files
     files = [pairs] if isinstance(pairs, (str, Path)) else list(pairs)
     got = [read_pairs(f, code, S, max_chars) for f in files]
     P = pl.concat([g[0] for g in got]).unique('id', keep='first', maintain_order=True)
@@ -310,6 +328,8 @@ def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lo
     if len(P) < sum(len(g[0]) for g in got): log(f"{sum(len(g[0]) for g in got) - len(P)} pairs with a repeated id left out")
     pairs = ', '.join(map(str, files))
     counts = {'pairs': dict(file=pairs, n_in=n_in, out=len(P), quarantined=Q.select('file', 'row').n_unique() if len(Q) else 0)}
+    if crossed: counts['cross'] = {k: v[1] for k, v in crossed.items()}
+    for k, (_, c) in crossed.items(): log(f"cross {k}: {c['file']}: {c['n_in']} in, {c['out']} out, {c['quarantined']} quarantined")
     atomic_write(out/'quarantine.parquet', lambda t: Q.write_parquet(t))
     log(f"pairs {pairs}: {n_in} in, {len(P)} out, {counts['pairs']['quarantined']} quarantined" + (f" (see {out/'quarantine.parquet'})" if len(Q) else ''))
     for r in Q.head(3).iter_rows(named=True): log(f"  {r['file']}:{r['row']}: {r['field'] or '(row)'}: {r['reason']}")
@@ -343,9 +363,7 @@ def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lo
         log(f"ablation: {len(abl)} pairs, {am['global_step']} steps in {am['train_s']} s -> {out/'ablation'}")
         models['ablation'] = str(out/'ablation')
     rows = _eval_arms(models, _as_samples(te), out, methods, code, seed, eval_limit, progress, device)
-    for nat, files in (cross or {}).items():   # any file read_pairs reads: samples, release files, GlobalOpinionQA
-        cs = _as_samples(pl.concat([read_pairs(f, nat, S, max_chars)[0] for f in files])).unique('id', keep='first', maintain_order=True)
-        rows += _eval_arms(models, cs, out, ['mc'], S.nation(nat).code, seed, cross_limit, progress, device)
+    for nat, (cs, _) in crossed.items(): rows += _eval_arms(models, cs, out, ['mc'], nat, seed, cross_limit, progress, device)
     comps = _comparisons(rows, out, seed)
     summ = dict(nation=code, model=str(model), pairs=str(pairs), pairs_hash=pairs_hash(P), counts=counts, split={k: v for k, v in info.items() if not k.endswith('_ids')},
                 train=meta, ablation=(json.loads((out/'ablation'/'navab_align.json').read_text()) if 'ablation' in models else None),

@@ -145,3 +145,153 @@ def test_smollm2_lora_on_real_opinion_pairs(shared, tmp_path):
     sb = pl.read_parquet(tmp_path / 'de' / 'eval' / 'DE' / 'base-mc' / 'scores.parquet')
     sa = pl.read_parquet(tmp_path / 'de' / 'eval' / 'DE' / 'aligned-mc' / 'scores.parquet')
     assert sb['sample_id'].to_list() == sa['sample_id'].to_list() and not np.allclose(sb['margin'].to_numpy(), sa['margin'].to_numpy())
+
+
+# ---- cross-nation effects and the report's ablation and cross-nation sections ----
+
+COUNTRIES = {'US': ['United States'], 'DE': ['Germany'], 'FR': ['France'], 'UK': ['Britain', 'Great Britain']}
+OPTS = ['Strongly agree', 'Somewhat agree', 'Somewhat disagree', 'Strongly disagree', "Don't know"]
+
+
+def _opinions(path, n=6):
+    "A small GlobalOpinionQA file (the upstream long format): n questions for each study nation's countries, one tie each (no clear preference), a country outside the study."
+    recs, expect = [], {}
+    for code, countries in COUNTRIES.items():
+        for c, country in enumerate(countries):
+            for i in range(n):
+                hi, lo = (i + c + len(code)) % 4, (i + c + len(code) + 2) % 4          # which option most and least of this country chose
+                d = [0.2] * 4 + [0.3]                                                 # "Don't know" the most chosen: left out as a non-answer
+                d[hi], d[lo] = 0.35, 0.05
+                q = f"Question {i} for {country}: should the government spend more on item {i}?"
+                recs.append(dict(country=country, question=q, options=OPTS, distribution=d))
+                sid = 'goqa-' + __import__('hashlib').sha256(f"{country}\n{q}".encode()).hexdigest()[:12]
+                expect.setdefault(code, []).append(dict(id=sid, nation=code, lang='en', topic=sid, source_type=None, question=q,
+                                                        statement=OPTS[hi], reverse_statement=OPTS[lo]))
+            recs.append(dict(country=country, question=f"A tie in {country}?", options=OPTS[:2], distribution=[0.5, 0.5]))
+    recs.append(dict(country='Japan', question='Not a study nation?', options=OPTS[:2], distribution=[0.9, 0.1]))
+    path.write_text(json.dumps(recs, indent=1))
+    return path, {k: pl.DataFrame(v, schema={c: pl.String for c in v[0]}) for k, v in expect.items()}
+
+
+def _topic_pairs(path, n=24, topics=4):
+    "US pairs over `topics` topics whose statements disagree within a topic (every third says 'not'): something for conflict reduction to remove."
+    rows = [dict(id=f'q{i:02d}', prompt=f'Should the town support plan {i % topics}?',
+                 chosen=f"The town should {'not ' if i % 3 == 0 else ''}support plan {i % topics}, says voice {i}.",
+                 rejected=f'Plan {i % topics} is a matter for someone else, says voice {i}.') for i in range(n)]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / 'dpo_pairs.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+    pl.DataFrame(dict(id=[r['id'] for r in rows], topic=[f't{i % topics}' for i in range(n)])).write_parquet(path / 'samples.parquet')
+    return path / 'dpo_pairs.jsonl'
+
+
+from navab.llm import Generator
+
+
+class Contrarian(Generator):
+    "A contradiction detector that sees a contradiction when exactly one of two statements says 'not' (the connective method's log-odds)."
+    name = hash = 'contrarian'
+    def choose(self, prompts, options, **kw):
+        neg = lambda s: ' not ' in f' {s} '
+        return [[3.0 if k % 2 and neg(p.split(' No, on the contrary: ')[0]) != neg(o[0]) else 0.0] for k, (p, o) in enumerate(zip(prompts, options))]
+
+
+@pytest.fixture(scope='module')
+def crossed(tmp_path_factory):
+    """A tiny US alignment with conflict reduction (so an ablation arm) and the cross-nation effect on DE, FR and UK GlobalOpinionQA pairs.
+    A tiny random GPT-2 (seed 3): the tiny Llama answers 'A' to every MC prompt, so every arm scores exactly 0.5 and a table could not show a mix-up."""
+    from navab.models import make_tiny_model
+    d = tmp_path_factory.mktemp('cross')
+    model = make_tiny_model(d / 'tiny-gpt2', seed=3, arch='gpt2')
+    goqa, expect = _opinions(d / 'eval.json')
+    lines = []
+    s = align(_topic_pairs(d / 'pairs'), str(model), 'US', d / 'out', steps=8, save_steps=100, batch_size=2, lr=0.05, methods=['mc'],
+              reduce=True, generator=Contrarian(), cross={'DE': [goqa], 'FR': [goqa], 'UK': [goqa]}, progress=False, log=lines.append)
+    acc = {(r['set'], r['arm']): r['accuracy'] for r in s['results']}
+    assert len(set(acc.values())) > 2 and any(acc[k, 'aligned'] != acc[k, 'ablation'] for k in ('US', 'DE', 'FR', 'UK')), acc   # the arms differ: tables can tell them apart
+    return dict(dir=d, out=d / 'out', model=model, goqa=goqa, expect=expect, summary=s, log=lines)
+
+
+def _scores(d):
+    return pl.read_parquet(Path(d) / 'scores.parquet').sort('sample_id')
+
+
+def test_cross_nation_effect_matches_direct_evaluation(crossed, tmp_path):
+    "Every other nation gets its rows (n, accuracy with CI, per arm) and paired differences, equal to evaluating the models on that nation's pairs directly."
+    from navab.evaluate import evaluate
+    from navab.stats import bootstrap_ci, mcnemar_exact
+    s, out = crossed['summary'], crossed['out']
+    assert s['ablation_source'] == 'reduce_conflicts' and s['n_conflict_removed'] > 0            # the ablation arm trains on more pairs
+    res = {(r['set'], r['arm']): r for r in s['results']}
+    comp = {(c['set'], c['a'], c['b']): c for c in s['comparisons']}
+    assert {k[0] for k in res} == {'US', 'DE', 'FR', 'UK'} and {r['method'] for r in s['results'] if r['set'] != 'US'} == {'mc'}
+    for nat in ('DE', 'FR', 'UK'):
+        exp = crossed['expect'][nat]
+        c = s['counts']['cross'][nat]
+        assert (c['n_in'], c['out'], c['quarantined']) == (len(exp) + len(COUNTRIES[nat]), len(exp), len(COUNTRIES[nat]))   # the ties
+        direct = {}
+        for arm, model in (('base', str(crossed['model'])), ('aligned', str(out)), ('ablation', str(out / 'ablation'))):
+            ds = evaluate(exp, model, tmp_path / f'{nat}-{arm}', method='mc', seed=0, progress=False)
+            r = res[nat, arm]
+            assert r['n'] == len(exp) == ds['n'], (nat, arm, r)
+            assert (r['accuracy'], r['ci_low'], r['ci_high']) == pytest.approx((ds['accuracy'], ds['ci_low'], ds['ci_high'])), (nat, arm)
+            assert 0 <= r['ci_low'] <= r['accuracy'] <= r['ci_high'] <= 1
+            mine, theirs = _scores(out / r['dir']), _scores(tmp_path / f'{nat}-{arm}')
+            assert mine['sample_id'].to_list() == sorted(exp['id']) == theirs['sample_id'].to_list()
+            assert mine['correct'].to_list() == theirs['correct'].to_list() and np.allclose(mine['margin'], theirs['margin'], atol=1e-5)
+            direct[arm] = theirs['correct'].to_numpy().astype(float)
+        assert direct['base'].mean() == pytest.approx(bootstrap_ci(direct['base'], seed=0)[0])
+        for a, b in (('base', 'aligned'), ('base', 'ablation'), ('ablation', 'aligned')):
+            cc, mc = comp[nat, a, b], mcnemar_exact(direct[a], direct[b])
+            assert cc['n'] == len(exp) and cc['diff'] == pytest.approx(direct[b].mean() - direct[a].mean())
+            assert (cc['acc_a'], cc['acc_b']) == pytest.approx((direct[a].mean(), direct[b].mean()))
+            assert cc['ci_low'] <= cc['diff'] <= cc['ci_high'] and (cc['only_a'], cc['only_b'], cc['p_value']) == (mc['only_a'], mc['only_b'], pytest.approx(mc['p_value']))
+    assert not np.allclose(_scores(out / res['DE', 'base']['dir'])['margin'], _scores(out / res['DE', 'aligned']['dir'])['margin'])   # training moved the model
+
+
+def test_cross_bad_arguments_fail_before_training(tmp_path, tiny_model):
+    pairs = _pairs(tmp_path / 'p')
+    with pytest.raises(ValueError, match="--cross US: the nation being aligned"):
+        align(pairs, str(tiny_model), 'US', tmp_path / 'o', steps=1, cross={'US': [pairs]}, progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="--cross XX"):
+        align(pairs, str(tiny_model), 'US', tmp_path / 'o', steps=1, cross={'XX': [pairs]}, progress=False, log=lambda *a: None)
+    assert not (tmp_path / 'o' / 'navab_align.json').exists()
+    r = _cli('align', '--pairs', pairs, '--model', tiny_model, '--nation', 'US', '--out', tmp_path / 'o', '--cross', 'DE')
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == ["navab: error: --cross 'DE': give NATION=PATH"], r.stderr
+
+
+def _tables(page):
+    "Every navab table of a report page: caption -> (columns, rows of cell texts)."
+    import html, re
+    got = {}
+    for cap, head, body in re.findall(r'<table class="navab"><caption>(.*?)</caption><thead><tr>(.*?)</tr></thead><tbody>(.*?)</tbody></table>', page, re.S):
+        cols = [html.unescape(x) for x in re.findall(r'<th>(.*?)</th>', head)]
+        rows = [[html.unescape(x) for x in re.findall(r'<td>(.*?)</td>', tr)] for tr in re.findall(r'<tr>(.*?)</tr>', body)]
+        got[html.unescape(cap)] = (cols, rows)
+    return got
+
+
+def test_report_shows_ablation_and_cross_nation_tables(crossed, tmp_path):
+    "The alignment report, run through papermill on the folder align wrote, shows both ablation arms, their difference with its CI, and the cross-nation tables, with the numbers in align.json."
+    from navab.grid import execute_report
+    from navab.analysis import _fmt
+    r = execute_report(ROOT / 'nbs' / 'reports' / 'align.ipynb', dict(align_dir=str(crossed['out']), seed=0), tmp_path / 'align.ipynb',
+                       tmp_path / 'align.html', tmp_path)
+    assert r['status'] == 'ok', r
+    page = (tmp_path / 'align.html').read_text()
+    T, s = _tables(page), crossed['summary']
+    row = lambda d, cols: [_fmt(d[c]) for c in cols]
+    fmt = lambda rows, cols: sorted(row(d, cols) for d in rows)
+    cols, rows = T['aligned (with conflict reduction) - ablation (without), paired on the same samples']
+    assert cols == ['set', 'method', 'n', 'acc_a', 'acc_b', 'diff', 'ci_low', 'ci_high', 'p_value']
+    abl = [c for c in s['comparisons'] if (c['a'], c['b']) == ('ablation', 'aligned')]
+    assert {c['set'] for c in abl} == {'US', 'DE', 'FR', 'UK'} and sorted(rows) == fmt(abl, cols)
+    cols, rows = T['US: accuracy on the held-out pairs with bootstrap 95% CI (n = held-out pairs)']
+    assert sorted(rows) == fmt([x for x in s['results'] if x['set'] == 'US'], cols) and {x[1] for x in rows} == {'base', 'aligned', 'ablation'}
+    assert f"conflict reduction (navab's conflict stage on the pairs' statements) removed {s['n_conflict_removed']} pairs" in __import__('html').unescape(page)
+    cols, rows = T['other nations: accuracy with bootstrap 95% CI (n = samples per row)']
+    assert cols == ['set', 'arm', 'n', 'accuracy', 'ci_low', 'ci_high'] and len(rows) == 9
+    assert sorted(rows) == fmt([x for x in s['results'] if x['set'] != 'US'], cols)
+    cols, rows = T['other nations: paired differences']
+    other = [c for c in s['comparisons'] if c['set'] != 'US']
+    assert len(rows) == len(other) == 9 and sorted(rows) == fmt(other, cols)
+    assert 'No ablation arm' not in page and 'No other nations were evaluated' not in page
