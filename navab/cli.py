@@ -170,7 +170,7 @@ def _funnel(counts: dict) -> str:
     return ' -> '.join(steps) + f" ({q} quarantined)"
 
 def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
-         aj_limit: int | None = 16, generator: str | None = None, articles: int | None = 8, progress: bool = True,
+         aj_limit: int | None = 16, generator: str | None = None, articles: int | None = None, progress: bool = True,
          opinions_limit: int | None = 40, device: str = 'auto', dtype: str = 'auto', align_steps: int | None = 8) -> Path:
     "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html."
     from tqdm.auto import tqdm
@@ -282,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument('--out', default='reports'); de.add_argument('--workers', type=int, help='reports in parallel processes')
     de.add_argument('--limit', type=int, help='at most N samples per run'); de.add_argument('--aj-limit', type=int, default=16, help='at most N samples per AJ run (default 16; 0: all)')
     de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
-    de.add_argument('--articles', type=int, default=8, help='extract from the first N articles of each nation (0: all 40; default 8: with grounding and reversal validation extraction takes most of the demo time)')
+    de.add_argument('--articles', type=int, default=0, help='extract from the first N articles of each nation (default 0: all 40)')
     de.add_argument('--opinions-limit', type=int, default=40, help='at most N GlobalOpinionQA items per nation (default 40; 0: all)')
     de.add_argument('--align-steps', type=int, default=8, help='DPO steps of the demo alignment run (SmolLM2, LoRA; default 8; 0: no alignment run)')
     device_args(de); de.set_defaults(fn=cmd_demo)

@@ -169,9 +169,10 @@ def _retry_sample_prompt(statement: str, lang: str, why: str | None) -> str:
     return p.replace(task, task + ' ' + note.format(why=whys[key]), 1)
 
 def samples(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, progress: bool = True,
-            near_copy: float = 0.95, dup_threshold: float = 0.9, max_new_tokens: int = 160, judge: bool = True,
+            near_copy: float = 0.95, dup_threshold: float = 0.9, max_new_tokens: int = 160, judge: bool | str = True,
             min_votes: int = REVERSAL['min_votes'], config: dict | None = None, reverse: str = 'generate') -> tuple:
     "(frame, quarantine): one sample per statement, Q and RS by rule (`reverse='rules'`) or generated, validated as a reversal (a failed rule or first answer: one more try by the model), near-duplicates dropped."
+    if judge not in (True, False, 'auto'): raise ValueError(f"samples: judge {judge!r}: true, false or 'auto'")
     if reverse not in ('rules', 'generate'): raise ValueError(f"samples: reverse {reverse!r}: 'rules' (negation, then the model) or 'generate' (the model)")
     q, rows = [], []
     for r in df.iter_rows(named=True):
@@ -192,11 +193,14 @@ def samples(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, pro
             out.update(zip(sub, res))
         return out
     def verdicts(idx, res):
-        "validate_reversal with the judges' votes for every parsed answer in `res`."
+        "validate_reversal with the judges' votes for every parsed answer in `res` (judge='auto': the model judges only what a negation flip does not already carry)."
         ok = [i for i in idx if res[i]['value'] is not None]
-        j = judge_reversals([S(rows[i]) for i in ok], [res[i]['value']['reverse_statement'] for i in ok], [L(rows[i]) for i in ok],
-                            gen, config) if judge and ok else None
-        feats = {i: (j.row(k, named=True) if j is not None else {}) for k, i in enumerate(ok)}
+        nx = {i: int((negations(S(rows[i]), L(rows[i])) > 0) != (negations(res[i]['value']['reverse_statement'], L(rows[i])) > 0)) for i in ok}
+        ask_ = [i for i in ok if judge is True or (judge == 'auto' and nx[i] < min_votes)]
+        j = judge_reversals([S(rows[i]) for i in ask_], [res[i]['value']['reverse_statement'] for i in ask_], [L(rows[i]) for i in ask_],
+                            gen, config) if ask_ else None
+        feats = {i: j.row(k, named=True) for k, i in enumerate(ask_)}
+        feats.update({i: ({'neg_xor': nx[i], 'votes': nx[i]} if judge == 'auto' else {}) for i in ok if i not in feats})
         return {i: (feats[i], validate_reversal(res[i]['value']['question'], S(rows[i]), res[i]['value']['reverse_statement'], L(rows[i]),
                                                 feats[i].get('votes'), min_votes)) for i in ok}
     idx, res, ver, ruled = list(range(len(rows))), {}, {}, {}

@@ -144,10 +144,10 @@ def _retry_prompt(text, lang, title, why) -> str:
 
 def extract_statements(topics_df: pl.DataFrame, gen: Generator, *, nation: str, lang: str, seed: int = 0,
                        progress: bool = True, max_new_tokens: int | None = None, salvage: bool = True,
-                       threshold: float = GROUNDING['threshold'], method: str = 'generate') -> tuple:
+                       threshold: float = GROUNDING['threshold'], method: str = 'generate', fallback: bool = True) -> tuple:
     "(frame, quarantine): one grounded statement per article (strict JSON, right language, retried once with the reason); unparsed rows quarantined, unsupported ones dropped with the reason."
     if method == 'select': return select_statements(topics_df, gen, nation=nation, lang=lang, seed=seed, progress=progress,
-                                                    max_new_tokens=max_new_tokens, salvage=salvage, threshold=threshold)
+                                                    max_new_tokens=max_new_tokens, salvage=salvage, threshold=threshold, fallback=fallback)
     if method != 'generate': raise ValueError(f"statements: method {method!r}: 'select' (the article's own sentence) or 'generate' (the model writes it)")
     if 'text' not in topics_df.columns: raise ValueError(f"statements: input for {nation} has no 'text' column")
     rows = topics_df.to_dicts()
@@ -285,14 +285,17 @@ def _candidates(text: str, lang: str) -> list:
 def select_statements(topics_df: pl.DataFrame, gen: Generator, *, nation: str, lang: str, seed: int = 0, progress: bool = True,
                       max_new_tokens: int | None = None, salvage: bool = True, threshold: float = GROUNDING['threshold'],
                       fallback: bool = True) -> tuple:
-    "(frame, quarantine): per article, its own sentence that states a value (deontic first, then the judge's P(yes)); articles without one go to the model (`fallback`)."
+    "(frame, quarantine): per article, its own sentence that states a value (deontic first; the judge's P(yes) among several); articles without one go to the model (`fallback`) or are dropped."
     if 'text' not in topics_df.columns: raise ValueError(f"statements: input for {nation} has no 'text' column")
     rows = topics_df.to_dicts()
     cands = {i: c for i, r in enumerate(rows) if (c := _candidates(r['text'], lang))}
-    flat = [(i, st, d) for i, c in cands.items() for st, d in c]
+    best, flat = {}, []
+    for i, c in cands.items():   # one deontic sentence, or a single candidate, needs no judge; the judge ranks the rest
+        top = [x for x in c if x[1]] or c
+        if len(top) == 1: best[i] = ((top[0][1], None), top[0][0])
+        else: flat += [(i, st, d) for st, d in top]
     P = SCREEN_PROMPT[lang]
     yn = gen.choose([screen_prompt(st, lang) for _, st, _ in flat], [[P['yes'], P['no']]] * len(flat), progress=progress) if flat else []
-    best = {}
     for (i, st, d), lp in zip(flat, yn):
         k = (d, option_probs(lp)[0])
         if i not in best or k > best[i][0]: best[i] = (k, st)
@@ -311,7 +314,12 @@ def select_statements(topics_df: pl.DataFrame, gen: Generator, *, nation: str, l
                                    max_new_tokens=max_new_tokens, salvage=salvage, threshold=threshold)
         order = {str(r['id']): i for i, r in enumerate(rows)}
         frame = pl.concat([frame, f2]).sort(pl.col('article_id').replace_strict(order, return_dtype=pl.Int64))
-    elif rest:
-        q = pl.DataFrame([dict(row=str(rows[i]['id']), stage='statements', reason='no sentence that states a value and that a rule can reverse', raw=None)
-                          for i in rest], schema=QUARANTINE_COLS)
+    elif rest:   # a decision, not bad input: dropped with the reason
+        none = [dict(id=f"{rows[i]['id']}-s0", article_id=str(rows[i]['id']), nation=rows[i].get('nation') or nation, lang=rows[i].get('lang') or lang,
+                     topic=rows[i].get('topic'), topic_label=rows[i].get('topic_label'), statement=None, raw=None, attempts=0, generator=gen.name,
+                     grounding=None, grounding_example=None, salvaged=False, method='select', first_reason=None,
+                     drop_reason='no-value-sentence: no sentence states a value that a rule can reverse (statements.fallback = true asks the model)', kept=False)
+                for i in rest]
+        order = {str(r['id']): i for i, r in enumerate(rows)}
+        frame = pl.concat([frame, pl.DataFrame(none, schema=STATEMENT_COLS)]).sort(pl.col('article_id').replace_strict(order, return_dtype=pl.Int64))
     return frame, q

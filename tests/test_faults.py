@@ -117,7 +117,7 @@ def test_robustness_killed_and_resumed(tiny_model, tmp_path):
 
 
 def test_extract_killed_at_several_points(tmp_path):
-    "navab extract (scripted OpenAI-compatible server) killed early, in a generation-cache write, mid-stage, in a stage write and at the end."
+    "navab extract (scripted OpenAI-compatible server) killed early, in a stage write, in a generation-cache write (the samples stage: statements are selected, not generated) and at the end."
     from test_extract import _server, _snapshot, FR
     from navab.extract import extract
     with _server() as s:
@@ -129,10 +129,10 @@ def test_extract_killed_at_several_points(tmp_path):
         args = ['extract', '--corpus', str(FR), '--nation', 'FR', '--out', str(b), '--generator', gen, '--limit', '6', '--quiet']
         gens = lambda: list((b / 'cache').glob('gen-*.parquet'))
         _kill_when(args, 0.5)                                                # early: importing, loading the corpus
-        _kill_in_write(args, 'gen-', 2)                                      # in the middle of writing the 2nd batch of generations
-        assert list((b / 'cache').glob('.gen-*.tmp')), "the fault should leave a half-written temporary file"
         _kill_in_write(args, str(b / 'source.parquet'), 1)                   # while writing a stage's frame
         assert (b / 'conflict.parquet').exists() and not (b / 'source.parquet').exists()
+        _kill_in_write(args, 'gen-', 2)                                      # in the middle of writing the 2nd batch of generations (samples)
+        assert list((b / 'cache').glob('.gen-*.tmp')), "the fault should leave a half-written temporary file"
         _kill_in_write(args, 'dpo_pairs.jsonl', 1)                           # while writing the last output
         assert not (b / 'dpo_pairs.jsonl').exists()
         r = subprocess.run([NAVAB, *args], capture_output=True, text=True, timeout=300)
