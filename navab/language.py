@@ -198,8 +198,9 @@ def _one_predicate(s: str, lang: str) -> str:
         if re.search(SUBORDINATE[lang], s[first:cut], flags=re.I): break      # the comma is inside a subordinate clause: no cut
         if _rule_at(s[cut + 1:], lang) is not None and negate(s[:cut], lang): return s[:cut]
     if lang == 'de':   # a modal's coordinated verbs (".. senken und .. finanzieren"): "nicht" would negate the last one only
-        m = re.search(r"(?<=[a-zäöü]) und (?=\S)", s[first:])
-        if m and negate(s[:first + m.start()], lang): return s[:first + m.start()]
+        m = re.search(r"\s[a-zäöüß]{2,}(?:en|ern|eln) und (?=\S)", s[first:])   # after an infinitive (lower case: not a noun like "Rathäusern")
+        cut = first + m.end() - len('und ') - 1 if m else None
+        if m and not re.search(r'\b(?:dass|weil|wenn|ob|damit|sodass|obwohl)\b', s[first:cut]) and negate(s[:cut], lang): return s[:cut]
     return s
 
 def opinion(sentence: str, lang: str) -> bool:
@@ -284,12 +285,13 @@ def question_de(s: str) -> str | None:
     return f"{m.group(1).capitalize()} {_lower_first(subj, 'de')} {_end(s[m.end():].strip())}?"
 
 def question_zh(s: str) -> str | None:
-    "Chinese: 是否 before the (positive) modal, 是不是 for the copula; None when the modal starts the sentence."
+    "Chinese: 是否 before the (positive) modal (能否 for 能), 是不是 for the copula; None when the modal starts the sentence."
     best = _zh_first(s, ZH_NEG + ZH_POS)
     if not best or best[0] == 0: return None
     i, a, b = best
     pos = b if (a, b) in ZH_NEG else a           # ask about the positive form
     if pos == '是': return s[:i] + '是不是' + _end(s[i + len(a):]) + '？'
+    if pos == '能': return s[:i] + '能否' + _end(s[i + len(a):]) + '？'   # 能否, not 是否能 ("就能否赢得")
     return s[:i] + '是否' + pos + _end(s[i + len(a):]) + '？'
 
 QUESTION = {'en': question_en, 'fr': question_fr, 'de': question_de, 'zh': question_zh}
