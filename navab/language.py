@@ -198,8 +198,8 @@ def _one_predicate(s: str, lang: str) -> str:
         if re.search(SUBORDINATE[lang], s[first:cut], flags=re.I): break      # the comma is inside a subordinate clause: no cut
         if _rule_at(s[cut + 1:], lang) is not None and negate(s[:cut], lang): return s[:cut]
     if lang == 'de':   # a modal's coordinated verbs (".. senken und .. finanzieren"): "nicht" would negate the last one only
-        m = re.search(r"\s[a-zäöüß]{2,}(?:en|ern|eln) und (?=\S)", s[first:])   # after an infinitive (lower case: not a noun like "Rathäusern")
-        cut = first + m.end() - len('und ') - 1 if m else None
+        m = re.search(r"\s[a-zäöüß]{2,}(?:en|ern|eln)(?= und \S)", s[first:])   # after an infinitive (lower case: not a noun like "Rathäusern")
+        cut = first + m.end() if m else None
         if m and not re.search(r'\b(?:dass|weil|wenn|ob|damit|sodass|obwohl)\b', s[first:cut]) and negate(s[:cut], lang): return s[:cut]
     return s
 

@@ -195,7 +195,7 @@ def samples(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, pro
     def verdicts(idx, res):
         "validate_reversal with the judges' votes for every parsed answer in `res` (judge='auto': the model judges only what a negation flip does not already carry)."
         ok = [i for i in idx if res[i]['value'] is not None]
-        nx = {i: int((negations(S(rows[i]), L(rows[i])) > 0) != (negations(res[i]['value']['reverse_statement'], L(rows[i])) > 0)) for i in ok}
+        nx = {i: int((negations(S(rows[i]), L(rows[i])) > 0) != (negations(res[i]['value']['reverse_statement'], L(rows[i])) > 0)) for i in ok} if judge == 'auto' else {}
         ask_ = [i for i in ok if judge is True or (judge == 'auto' and nx[i] < min_votes)]
         j = judge_reversals([S(rows[i]) for i in ask_], [res[i]['value']['reverse_statement'] for i in ask_], [L(rows[i]) for i in ask_],
                             gen, config) if ask_ else None

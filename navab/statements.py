@@ -312,14 +312,14 @@ def select_statements(topics_df: pl.DataFrame, gen: Generator, *, nation: str, l
     if rest and fallback:
         f2, q = extract_statements(topics_df[rest], gen, nation=nation, lang=lang, seed=seed, progress=progress,
                                    max_new_tokens=max_new_tokens, salvage=salvage, threshold=threshold)
-        order = {str(r['id']): i for i, r in enumerate(rows)}
-        frame = pl.concat([frame, f2]).sort(pl.col('article_id').replace_strict(order, return_dtype=pl.Int64))
     elif rest:   # a decision, not bad input: dropped with the reason
         none = [dict(id=f"{rows[i]['id']}-s0", article_id=str(rows[i]['id']), nation=rows[i].get('nation') or nation, lang=rows[i].get('lang') or lang,
                      topic=rows[i].get('topic'), topic_label=rows[i].get('topic_label'), statement=None, raw=None, attempts=0, generator=gen.name,
                      grounding=None, grounding_example=None, salvaged=False, method='select', first_reason=None,
                      drop_reason='no-value-sentence: no sentence states a value that a rule can reverse (statements.fallback = true asks the model)', kept=False)
                 for i in rest]
+        f2 = pl.DataFrame(none, schema=STATEMENT_COLS)
+    if rest:   # back in the articles' order
         order = {str(r['id']): i for i, r in enumerate(rows)}
-        frame = pl.concat([frame, pl.DataFrame(none, schema=STATEMENT_COLS)]).sort(pl.col('article_id').replace_strict(order, return_dtype=pl.Int64))
+        frame = pl.concat([frame, f2]).sort(pl.col('article_id').replace_strict(order, return_dtype=pl.Int64))
     return frame, q
