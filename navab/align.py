@@ -135,11 +135,9 @@ def split_pairs(pairs: pl.DataFrame, test_frac: float = 0.3, seed: int = 0, min_
 
 # %% ../nbs/10a_align.ipynb #ffd0ad5d
 def dpo_rows(pairs: pl.DataFrame, templates: dict | None = None) -> list:
-    "TRL's preference rows {prompt, chosen, rejected} from pairs, in each pair's language template."
-    from navab.evaluate import load_templates, _tmpl
-    T = templates or load_templates()
-    return [dict(prompt=_tmpl(T, r['lang'])['aj_answer'].format(question=r['question']), chosen=_tmpl(T, r['lang'])['sep'] + r['statement'],
-                 rejected=_tmpl(T, r['lang'])['sep'] + r['reverse_statement']) for r in pairs.iter_rows(named=True)]
+    "TRL's preference rows {prompt, chosen, rejected} from pairs: the evaluation's `pref_texts`, in each pair's language template."
+    from navab.evaluate import pref_texts
+    return [dict(prompt=p, chosen=c, rejected=j) for p, c, j in pref_texts(pairs, templates)]
 
 def pairs_hash(pairs: pl.DataFrame) -> str:
     "The content hash of a pair set (ids and texts, in order)."
@@ -257,14 +255,19 @@ def reduce_conflicts(pairs: pl.DataFrame, nation: str, generator: str | None = N
 
 # %% ../nbs/10a_align.ipynb #bfc6099b
 def paired(run_a: str | Path, run_b: str | Path, seed: int = 0) -> dict:
-    "Paired comparison of two evaluate runs on common samples: n, accuracies, difference with paired-bootstrap CI, exact McNemar."
+    "Paired comparison of two evaluate runs on common samples: n, accuracies, difference with paired-bootstrap CI, exact McNemar; the mean margin's paired difference."
     ra, rb = (pl.read_parquet(Path(r)/'scores.parquet') for r in (run_a, run_b))
-    j = ra.select('sample_id', pl.col('correct').alias('a')).join(rb.select('sample_id', pl.col('correct').alias('b')), on='sample_id')
+    m = lambda r, k: pl.col('margin').fill_null(0.0).alias(k) if 'margin' in r.columns else pl.lit(None, pl.Float64).alias(k)
+    j = ra.select('sample_id', pl.col('correct').alias('a'), m(ra, 'ma')).join(rb.select('sample_id', pl.col('correct').alias('b'), m(rb, 'mb')), on='sample_id')
     if not len(j): raise ValueError(f"{run_a} and {run_b} share no sample ids")
     x, y = j['a'].to_numpy(), j['b'].to_numpy()
     d, lo, hi = paired_bootstrap(y, x, seed=seed)            # b - a: positive when b (the later arm) is better
     mc = mcnemar_exact(x, y)
-    return dict(n=len(j), acc_a=float(x.mean()), acc_b=float(y.mean()), diff=d, ci_low=lo, ci_high=hi, only_a=mc['only_a'], only_b=mc['only_b'], p_value=mc['p_value'])
+    r = dict(n=len(j), acc_a=float(x.mean()), acc_b=float(y.mean()), diff=d, ci_low=lo, ci_high=hi, only_a=mc['only_a'], only_b=mc['only_b'], p_value=mc['p_value'])
+    if j['ma'].null_count() == 0 and j['mb'].null_count() == 0:   # the margin (pref: log P(S|Q) - log P(RS|Q)) moves before the decision flips
+        dm, mlo, mhi = paired_bootstrap(j['mb'].to_numpy(), j['ma'].to_numpy(), seed=seed)
+        r.update(margin_a=float(j['ma'].mean()), margin_b=float(j['mb'].mean()), margin_diff=dm, margin_ci_low=mlo, margin_ci_high=mhi)
+    return r
 
 def _as_samples(pairs: pl.DataFrame) -> pl.DataFrame:
     "Pairs as evaluation samples (the sample columns)."
@@ -313,9 +316,10 @@ def _cross_samples(cross: dict | None, code: str, S, max_chars: int = MAX_CHARS)
 
 def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lora: bool = True, epochs: float = 1.0, steps: int | None = None,
           beta: float = 0.1, lr: float = 5e-5, batch_size: int = 4, seed: int = 0, device: str = 'auto', save_steps: int = 10,
-          max_length: int = 256, test_frac: float = 0.3, min_groups: int = 4, methods=('mc', 'aj'), ablation_pairs: str | Path | None = None,
+          max_length: int = 256, test_frac: float = 0.3, min_groups: int = 4, methods=('mc', 'pref', 'aj'), ablation_pairs: str | Path | None = None,
           reduce: bool = False, generator: str | None = None, conflict_pairs: int = 200, cross: dict | None = None, cross_limit: int | None = None,
-          eval_limit: int | None = None, train_limit: int | None = None, max_chars: int = MAX_CHARS, progress: bool = True, log=print) -> dict:
+          eval_limit: int | None = None, train_limit: int | None = None, fit_limit: int | None = 64, max_chars: int = MAX_CHARS, progress: bool = True,
+          log=print) -> dict:
     "Train `model` toward `nation` on `pairs` with DPO, then measure base vs aligned (and the ablation) on held-out pairs: the summary."
     t0 = time.time(); out = Path(out); out.mkdir(parents=True, exist_ok=True)
     S = load_settings(); code = S.nation(nation).code
@@ -363,12 +367,15 @@ def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lo
         log(f"ablation: {len(abl)} pairs, {am['global_step']} steps in {am['train_s']} s -> {out/'ablation'}")
         models['ablation'] = str(out/'ablation')
     rows = _eval_arms(models, _as_samples(te), out, methods, code, seed, eval_limit, progress, device)
-    for nat, (cs, _) in crossed.items(): rows += _eval_arms(models, cs, out, ['mc'], nat, seed, cross_limit, progress, device)
+    cm = [m for m in methods if m in ('mc', 'pref')] or ['mc']      # the cross-nation sets: the likelihood methods, no generation
+    for nat, (cs, _) in crossed.items(): rows += _eval_arms(models, cs, out, cm, nat, seed, cross_limit, progress, device)
     comps = _comparisons(rows, out, seed)
+    fit = _eval_arms(models, _as_samples(tr), out, ['pref'], 'train', seed, fit_limit, progress, device) if fit_limit != 0 else []
+    train_fit = dict(n_limit=fit_limit, results=fit, comparisons=_comparisons(fit, out, seed)) if fit else None
     summ = dict(nation=code, model=str(model), pairs=str(pairs), pairs_hash=pairs_hash(P), counts=counts, split={k: v for k, v in info.items() if not k.endswith('_ids')},
                 train=meta, ablation=(json.loads((out/'ablation'/'navab_align.json').read_text()) if 'ablation' in models else None),
                 ablation_source=('reduce_conflicts' if reduce else str(ablation_pairs) if ablation_pairs else None),
-                n_conflict_removed=len(removed) if removed is not None else None, results=rows, comparisons=comps,
+                n_conflict_removed=len(removed) if removed is not None else None, results=rows, comparisons=comps, train_fit=train_fit,
                 peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), wall_s=round(time.time() - t0, 1), navab_version=__version__)
     atomic_write(out/'align.json', lambda t: t.write_text(json.dumps(summ, indent=1, default=str)))
     return summ
@@ -390,8 +397,12 @@ def pair_counts(opinions: str | Path, hk: str | Path | None = None) -> pl.DataFr
 def _fmt_rows(s: dict) -> list:
     "Lines of the results and comparisons of an align summary."
     L = [f"  {r['set']} {r['method']} {r['arm']:<9} n={r['n']:<4} accuracy {r['accuracy']:.3f} [95% CI {r['ci_low']:.3f}, {r['ci_high']:.3f}]" for r in s['results']]
+    fit = s.get('train_fit') or {}
+    L += [f"  train-fit pref {r['arm']:<9} n={r['n']:<4} accuracy {r['accuracy']:.3f} [95% CI {r['ci_low']:.3f}, {r['ci_high']:.3f}]" for r in fit.get('results', [])]
     L += [f"  {c['set']} {c['method']} {c['b']} - {c['a']}: {c['diff']:+.3f} [paired-bootstrap CI {c['ci_low']:+.3f}, {c['ci_high']:+.3f}], "
-          f"McNemar p = {c['p_value']:.3g} ({c['only_b']} vs {c['only_a']} discordant)" for c in s['comparisons']]
+          f"McNemar p = {c['p_value']:.3g} ({c['only_b']} vs {c['only_a']} discordant)"
+          + (f"; margin {c['margin_diff']:+.3f} [{c['margin_ci_low']:+.3f}, {c['margin_ci_high']:+.3f}]" if c['method'] == 'pref' and 'margin_diff' in c else '')
+          for c in s['comparisons'] + fit.get('comparisons', [])]
     return L
 
 def cmd_align(a) -> int:
@@ -405,7 +416,7 @@ def cmd_align(a) -> int:
     s = align(a.pairs, a.model, a.nation, a.out, lora=not a.full, epochs=a.epochs, steps=a.steps, beta=a.beta, lr=a.lr, batch_size=a.batch_size,
               seed=a.seed, device=a.device, save_steps=a.save_steps, max_length=a.max_length, test_frac=a.test_frac, methods=split(a.methods),
               ablation_pairs=a.ablation_pairs, reduce=a.reduce_conflicts, generator=a.generator, conflict_pairs=a.conflict_pairs, cross=cross, cross_limit=a.cross_limit,
-              eval_limit=a.eval_limit, train_limit=a.train_limit, max_chars=a.max_chars, progress=not a.no_progress)
+              eval_limit=a.eval_limit, train_limit=a.train_limit, fit_limit=a.fit_limit, max_chars=a.max_chars, progress=not a.no_progress)
     print('\n'.join(_fmt_rows(s)))
     print(f"aligned model: {Path(a.out).resolve()} (use it as --model); summary: {Path(a.out)/'align.json'}; {s['wall_s']} s, peak RSS {s['peak_rss_mib']} MiB")
     return 0
@@ -425,12 +436,14 @@ def add_cli(sub):
     p.add_argument('--max-length', type=int, default=256, help='tokens of prompt + completion kept in training')
     p.add_argument('--max-chars', type=int, default=MAX_CHARS, help='quarantine pairs with a longer Q, S or RS')
     p.add_argument('--test-frac', type=float, default=0.3, help='share of pairs held out (whole topics)')
-    p.add_argument('--methods', default='mc,aj', help='evaluation methods on the held-out pairs (mc, aj)')
+    p.add_argument('--methods', default='mc,pref,aj', help='evaluation methods on the held-out pairs (mc, pref, aj)')
     p.add_argument('--ablation-pairs', help='pairs built without conflict reduction: the ablation arm trains on them')
     p.add_argument('--reduce-conflicts', action='store_true', help="run navab's conflict stage on the pairs: aligned arm on the reduced pairs, ablation arm on all")
     p.add_argument('--conflict-pairs', type=int, default=200, help='--reduce-conflicts judges at most the N most similar statement pairs per topic')
     p.add_argument('--generator', help='contradiction detector model for --reduce-conflicts (default: settings [extract])')
-    p.add_argument('--cross', nargs='*', help="other nations' samples or pairs, NATION=PATH (GlobalOpinionQA too): the cross-nation effect (MC)")
+    p.add_argument('--cross', nargs='*', help="other nations' samples or pairs, NATION=PATH (GlobalOpinionQA too): the cross-nation effect (MC and pref)")
     p.add_argument('--cross-limit', type=int, help='at most N samples per other nation'); p.add_argument('--eval-limit', type=int, help='at most N held-out pairs evaluated')
-    p.add_argument('--train-limit', type=int, help='train on at most N pairs'); p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--train-limit', type=int, help='train on at most N pairs')
+    p.add_argument('--fit-limit', type=int, default=64, help='pref on at most N training pairs, base vs aligned (0: none)')
+    p.add_argument('--no-progress', action='store_true')
     p.set_defaults(fn=cmd_align)

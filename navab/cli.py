@@ -202,14 +202,14 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
     return write_index(out, g['records'], notes, f"navab demo: {S.name}")
 
 def _demo_align(out: Path, S, steps: int, notes: list, model: str = 'smollm2-135m', device: str = 'auto') -> dict:
-    "The demo's one alignment run: `model` toward the nation with the most samples, `steps` LoRA steps, MC on the held-out pairs."
+    "The demo's one alignment run: `model` toward the nation with the most samples, `steps` LoRA steps, MC and pref on the held-out pairs."
     from .grid import align_job, REPORTS
     n_by = {p.stem: pl.scan_parquet(p).select(pl.len()).collect().item() for p in sorted((out/'samples').glob('*.parquet'))}
     best = max(n_by, key=lambda k: (n_by[k], k))
     t = time.time()
     rec = align_job(dict(out=str(out), model=model, nation=best, samples=str(out/'samples'/f'{best}.parquet'), seed=S.seed, template=str(REPORTS/'align.ipynb'),
-                         align_options=dict(steps=steps, batch_size=2, max_length=128, methods=['mc'], save_steps=steps, device=device)))
-    notes.append(f"align: {model} toward {best} (the most samples: {n_by[best]}), {steps} LoRA steps, MC on the held-out pairs, {time.time() - t:.0f} s "
+                         align_options=dict(steps=steps, batch_size=2, max_length=128, methods=['mc', 'pref'], save_steps=steps, device=device)))
+    notes.append(f"align: {model} toward {best} (the most samples: {n_by[best]}), {steps} LoRA steps, MC and pref on the held-out pairs, {time.time() - t:.0f} s "
                  f"(navab demo --align-steps N; 0 leaves it out)")
     return rec
 
@@ -260,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
     e.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     e.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
-    e.add_argument('--method', default='mc', choices=['mc', 'aj', 'opinions'])
+    e.add_argument('--method', default='mc', choices=['mc', 'aj', 'pref', 'opinions'])
     e.add_argument('--nation', help='nation code (CN, US, UK, FR, DE) for files that carry none')
     e.add_argument('--scoring', default='answer', choices=['answer', 'navab'], help="answer: log-prob of the answer label; navab: the original whole-prompt perplexity")
     e.add_argument('--norm', default='none', choices=['none', 'token', 'char', 'byte'])

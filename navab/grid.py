@@ -265,7 +265,7 @@ def pair_job(job: dict) -> dict:
     return _report_job(job, dirs)
 
 # %% ../nbs/10b_grid.ipynb #0d484598
-ALIGN_DEFAULTS = dict(steps=20, batch_size=4, lr=1e-4, max_length=128, methods=['mc'], save_steps=10)
+ALIGN_DEFAULTS = dict(steps=20, batch_size=4, lr=1e-4, max_length=128, methods=['mc', 'pref'], save_steps=10)
 
 def align_job(job: dict) -> dict:
     "Align one model toward one nation on its samples and run the alignment report: the job's record (never raises)."

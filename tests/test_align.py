@@ -131,15 +131,17 @@ def test_result_folder_is_a_model_for_evaluate_and_grid(resumed, tiny_model, tmp
 def test_smollm2_lora_on_real_opinion_pairs(shared, tmp_path):
     goqa = shared / 'global-opinions' / 'eval.json'
     lines = []
-    s = align(goqa, 'smollm2-135m', 'DE', tmp_path / 'de', steps=3, batch_size=2, lr=3e-4, methods=['mc'], eval_limit=10,
+    s = align(goqa, 'smollm2-135m', 'DE', tmp_path / 'de', steps=3, batch_size=2, lr=3e-4, methods=['mc', 'pref'], eval_limit=10,
               train_limit=6, save_steps=100, max_length=64, progress=False, log=lines.append)
     assert s['counts']['pairs']['n_in'] == s['counts']['pairs']['out'] + s['counts']['pairs']['quarantined'] > 100
     assert s['split']['by'] == 'topic' and s['train']['global_step'] == 3
-    base, al = s['results']
-    assert (base['arm'], al['arm'], base['n'], al['n']) == ('base', 'aligned', 10, 10)
+    base, al, pbase, pal = s['results']
+    assert (base['arm'], al['arm'], base['n'], al['n']) == ('base', 'aligned', 10, 10) and (pbase['method'], pal['method']) == ('pref', 'pref')
     assert all(0 <= r['ci_low'] <= r['accuracy'] <= r['ci_high'] <= 1 for r in s['results'])
     c = s['comparisons'][0]
     assert 0 <= c['p_value'] <= 1 and c['ci_low'] <= c['diff'] <= c['ci_high']
+    fit = s['train_fit']['comparisons'][0]                                   # pref on the 6 training pairs, aligned - base
+    assert fit['n'] == 6 and fit['margin_diff'] > 0, fit                      # DPO raised log P(S|Q) - log P(RS|Q) where it trained
     hist = json.loads((tmp_path / 'de' / 'log_history.json').read_text())
     assert hist[-2]['rewards/margins'] > hist[0]['rewards/margins']           # training moved the policy toward S
     sb = pl.read_parquet(tmp_path / 'de' / 'eval' / 'DE' / 'base-mc' / 'scores.parquet')
@@ -204,9 +206,9 @@ def crossed(tmp_path_factory):
     model = make_tiny_model(d / 'tiny-gpt2', seed=3, arch='gpt2')
     goqa, expect = _opinions(d / 'eval.json')
     lines = []
-    s = align(_topic_pairs(d / 'pairs'), str(model), 'US', d / 'out', steps=8, save_steps=100, batch_size=2, lr=0.05, methods=['mc'],
+    s = align(_topic_pairs(d / 'pairs'), str(model), 'US', d / 'out', steps=8, save_steps=100, batch_size=2, lr=0.05, methods=['mc', 'pref'],
               reduce=True, generator=Contrarian(), cross={'DE': [goqa], 'FR': [goqa], 'UK': [goqa]}, progress=False, log=lines.append)
-    acc = {(r['set'], r['arm']): r['accuracy'] for r in s['results']}
+    acc = {(r['set'], r['arm']): r['accuracy'] for r in s['results'] if r['method'] == 'mc'}
     assert len(set(acc.values())) > 2 and any(acc[k, 'aligned'] != acc[k, 'ablation'] for k in ('US', 'DE', 'FR', 'UK')), acc   # the arms differ: tables can tell them apart
     return dict(dir=d, out=d / 'out', model=model, goqa=goqa, expect=expect, summary=s, log=lines)
 
@@ -221,9 +223,9 @@ def test_cross_nation_effect_matches_direct_evaluation(crossed, tmp_path):
     from navab.stats import bootstrap_ci, mcnemar_exact
     s, out = crossed['summary'], crossed['out']
     assert s['ablation_source'] == 'reduce_conflicts' and s['n_conflict_removed'] > 0            # the ablation arm trains on more pairs
-    res = {(r['set'], r['arm']): r for r in s['results']}
-    comp = {(c['set'], c['a'], c['b']): c for c in s['comparisons']}
-    assert {k[0] for k in res} == {'US', 'DE', 'FR', 'UK'} and {r['method'] for r in s['results'] if r['set'] != 'US'} == {'mc'}
+    res = {(r['set'], r['arm']): r for r in s['results'] if r['method'] == 'mc'}
+    comp = {(c['set'], c['a'], c['b']): c for c in s['comparisons'] if c['method'] == 'mc'}
+    assert {k[0] for k in res} == {'US', 'DE', 'FR', 'UK'} and {r['method'] for r in s['results'] if r['set'] != 'US'} == {'mc', 'pref'}
     for nat in ('DE', 'FR', 'UK'):
         exp = crossed['expect'][nat]
         c = s['counts']['cross'][nat]
@@ -289,9 +291,16 @@ def test_report_shows_ablation_and_cross_nation_tables(crossed, tmp_path):
     assert sorted(rows) == fmt([x for x in s['results'] if x['set'] == 'US'], cols) and {x[1] for x in rows} == {'base', 'aligned', 'ablation'}
     assert f"conflict reduction (navab's conflict stage on the pairs' statements) removed {s['n_conflict_removed']} pairs" in __import__('html').unescape(page)
     cols, rows = T['other nations: accuracy with bootstrap 95% CI (n = samples per row)']
-    assert cols == ['set', 'arm', 'n', 'accuracy', 'ci_low', 'ci_high'] and len(rows) == 9
+    assert cols == ['set', 'method', 'arm', 'n', 'accuracy', 'ci_low', 'ci_high'] and len(rows) == 18
     assert sorted(rows) == fmt([x for x in s['results'] if x['set'] != 'US'], cols)
     cols, rows = T['other nations: paired differences']
     other = [c for c in s['comparisons'] if c['set'] != 'US']
-    assert len(rows) == len(other) == 9 and sorted(rows) == fmt(other, cols)
+    assert len(rows) == len(other) == 18 and sorted(rows) == fmt(other, cols)
+    cap = [k for k in T if k.startswith('pref, paired:')]
+    cols, rows = T[cap[0]]
+    pref = [c for c in s['comparisons'] if c['method'] == 'pref']
+    assert len(rows) == len(pref) == 12 and sorted(rows) == fmt(pref, cols) and 'margin_diff' in cols
+    cap = [k for k in T if k.startswith('train fit: pref on')]
+    cols, rows = T[cap[0]]
+    assert sorted(rows) == fmt(s['train_fit']['results'], cols) and {x[0] for x in rows} == {'base', 'aligned', 'ablation'}
     assert 'No ablation arm' not in page and 'No other nations were evaluated' not in page
