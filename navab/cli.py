@@ -136,8 +136,10 @@ def cmd_serve(a) -> int:
     "navab serve: serve /v1/completions over a model on 127.0.0.1 until interrupted."
     import uvicorn
     from navab.serve import make_app
-    print(f"serving {a.model} at http://127.0.0.1:{a.port}/v1 (Ctrl-C stops)")
-    uvicorn.run(make_app(a.model, a.dtype, a.device), host=a.host, port=a.port, log_level='warning')
+    name = a.served_name or a.model
+    print(f"serving {a.model} as {name!r} at http://{a.host}:{a.port}/v1 (Ctrl-C stops)")
+    uvicorn.run(make_app(a.model, a.dtype, a.device, batch_size=a.batch_size, served_name=name, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms),
+                host=a.host, port=a.port, log_level='warning')
     return 0
 
 # %% ../nbs/11_cli.ipynb #2ead80fe
@@ -274,7 +276,12 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument('run_a'); co.add_argument('run_b'); co.add_argument('--seed', type=int, default=0); co.set_defaults(fn=cmd_compare)
     sv = sub.add_parser('serve', help='serve an OpenAI-compatible /v1/completions endpoint over a model')
     sv.add_argument('--model', default='smollm2-135m'); sv.add_argument('--port', type=int, default=8000)
-    sv.add_argument('--host', default='127.0.0.1'); device_args(sv); sv.set_defaults(fn=cmd_serve)
+    sv.add_argument('--host', default='127.0.0.1', help='the address to bind (default 127.0.0.1: this machine only)')
+    sv.add_argument('--served-name', help='the model name clients send (default: --model)')
+    sv.add_argument('--batch-size', type=int, default=16, help="the engine's forward batch (prompts per forward pass)")
+    sv.add_argument('--max-batch', type=int, default=64, help='concurrent echo requests gathered into one engine call, up to N prompts')
+    sv.add_argument('--batch-wait-ms', type=float, default=5.0, help='how long the first request waits for others to join its batch')
+    device_args(sv); sv.set_defaults(fn=cmd_serve)
     pl_ = sub.add_parser('plan', help='print the grid of runs that settings.ini describes')
     pl_.add_argument('--settings'); pl_.add_argument('--models'); pl_.add_argument('--nations')
     pl_.set_defaults(fn=cmd_plan)

@@ -6,7 +6,8 @@ seeded, retried with back-off and cached like local generation."""
 
 # %% ../nbs/04c_serve.ipynb #f46eb8f0
 from __future__ import annotations
-import json, threading, time, uuid
+import json, queue, threading, time, uuid
+from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 import polars as pl
@@ -15,7 +16,38 @@ from .generate import generation_key, _read_cache, _cut
 from .score import token_logprobs
 
 # %% auto #0
-__all__ = ['echo_choices', 'make_app', 'Server', 'server_message', 'generate_http']
+__all__ = ['Batcher', 'echo_choices', 'make_app', 'Server', 'server_message', 'generate_http']
+
+# %% ../nbs/04c_serve.ipynb #6591743c
+class Batcher:
+    "Score concurrent requests in one engine call: `fn(prompts, k)` over up to `max_batch` prompts gathered within `wait_ms`."
+    def __init__(self, fn, max_batch: int = 64, wait_ms: float = 5.0):
+        self.fn, self.max_batch, self.wait, self.q, self.calls = fn, max_batch, wait_ms / 1000, queue.Queue(), []
+        threading.Thread(target=self._loop, daemon=True).start()
+    def submit(self, prompts: list, k: int = 0) -> list:
+        "The choices for one request's prompts (blocks until its batch has run); the engine's error for a request it refuses."
+        fut = Future(); self.q.put((list(prompts), k, fut)); return fut.result()
+    def _gather(self) -> list:
+        "The first waiting request and whatever arrives within the wait, up to `max_batch` prompts."
+        items = [self.q.get()]; n, end = len(items[0][0]), time.monotonic() + self.wait
+        while n < self.max_batch and (t := end - time.monotonic()) > 0:
+            try: it = self.q.get(timeout=t)
+            except queue.Empty: break
+            items.append(it); n += len(it[0])
+        return items
+    def _loop(self):
+        while True:
+            items = self._gather()
+            for k in dict.fromkeys(it[1] for it in items):               # max_tokens 0 and 1 run apart
+                grp = [it for it in items if it[1] == k]
+                try:
+                    ch = self.fn([p for ps, _, _ in grp for p in ps], k); self.calls.append(sum(len(ps) for ps, _, _ in grp))
+                    i = 0
+                    for ps, _, fut in grp: fut.set_result([dict(c, index=j) for j, c in enumerate(ch[i:i + len(ps)])]); i += len(ps)
+                except Exception:                                        # one bad request: the rest are answered, each on its own
+                    for ps, _, fut in grp:
+                        try: fut.set_result(self.fn(ps, k)); self.calls.append(len(ps))
+                        except Exception as e: fut.set_exception(e)
 
 # %% ../nbs/04c_serve.ipynb #75bd012e
 def _as_prompts(ps) -> list | None:
@@ -66,8 +98,9 @@ def _error(code: int, msg: str):
     return JSONResponse({'object': 'error', 'message': msg, 'type': 'BadRequestError' if code < 500 else 'InternalServerError',
                          'code': code, 'detail': msg}, status_code=code)
 
-def make_app(model: str, dtype: str = 'auto', device: str = 'auto', batch_size: int = 16, served_name: str | None = None):
-    "A FastAPI app serving `/v1/completions` (generation, and echo + logprobs scoring) and `/v1/models` over one model navab can load."
+def make_app(model: str, dtype: str = 'auto', device: str = 'auto', batch_size: int = 16, served_name: str | None = None,
+             max_batch: int = 64, batch_wait_ms: float = 5.0):
+    "A FastAPI app serving `/v1/completions` (generation, and echo + logprobs scoring, concurrent requests batched) and `/v1/models` over one model navab can load."
     from fastapi import FastAPI
     from navab.models import load_model
     from navab.generate import generate
@@ -75,6 +108,9 @@ def make_app(model: str, dtype: str = 'auto', device: str = 'auto', batch_size: 
     name = served_name or str(model)
     app, lock = FastAPI(title=f'navab serve {name}'), threading.Lock()
     limit = getattr(m.config.get_text_config(), 'max_position_embeddings', None)
+    def run(ps, k):
+        with lock: return echo_choices(m, tok, ps, k, batch_size)
+    app.state.batcher = batcher = Batcher(run, max_batch, batch_wait_ms)
 
     @app.get('/v1/models')
     def models(): return {'object': 'list', 'data': [{'id': name, 'object': 'model', 'owned_by': 'navab', 'root': info.path,
@@ -91,7 +127,7 @@ def make_app(model: str, dtype: str = 'auto', device: str = 'auto', batch_size: 
             if k not in (0, 1): return _error(400, f"navab serve echoes prompts with max_tokens 0 or 1, not {k}")
             if float(req.get('temperature') or 0) != 0: return _error(400, "navab serve scores with temperature 0 only")
             try:
-                with lock: ch = echo_choices(m, tok, ps, k, batch_size)
+                ch = batcher.submit(ps, k)
             except ValueError as e: return _error(400, str(e))
             if req.get('logprobs') is None:
                 for c in ch: c['logprobs'] = None

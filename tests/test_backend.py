@@ -20,10 +20,10 @@ def _free_port():
 
 
 @contextmanager
-def serve(model: str, port: int | None = None):
-    "A real `navab serve` process on 127.0.0.1 (a free port unless given); killed on exit. Yields `(url, process)`."
+def serve(model: str, port: int | None = None, *args):
+    "A real `navab serve` process on 127.0.0.1 (a free port unless given, more flags in `args`); killed on exit. Yields `(url, process)`."
     port = port or _free_port()
-    p = subprocess.Popen([NAVAB, 'serve', '--model', model, '--port', str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p = subprocess.Popen([NAVAB, 'serve', '--model', model, '--port', str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f'http://127.0.0.1:{port}'
     try:
         for _ in range(600):
@@ -78,6 +78,27 @@ def test_tiny_served_equals_in_process_and_resumes_after_kill(tiny_model, tmp_pa
     assert len(rows) == rows['key'].n_unique() == len(req)          # one row per request: none twice, none missing
     kept = before.join(rows, on='key', suffix='_now')
     assert len(kept) == len(before) and (kept['logprob'] == kept['logprob_now']).all()   # stored rows were not recomputed
+
+
+def test_grid_and_robustness_through_a_served_model_equal_in_process(tiny_model, tmp_path):
+    "navab grid (MC and robustness) on a model behind navab serve (its batcher gathering the client's concurrent requests) gives what the in-process grid gives."
+    from conftest import _samples
+    from navab.grid import run_grid, run_dir
+    f = _samples(tmp_path / 'fr.parquet')
+    run_grid([str(tiny_model)], ['FR'], {'FR': [f]}, ['mc', 'robustness'], tmp_path / 'local', progress=False, robust_limit=4)
+    with serve(str(tiny_model), None, '--served-name', 'tiny-llama', '--batch-wait-ms', '20') as (url, _):
+        run_grid([f"{url}/v1#tiny-llama"], ['FR'], {'FR': [f]}, ['mc', 'robustness'], tmp_path / 'http', progress=False, robust_limit=4,
+                 backend=dict(tokenizer=str(tiny_model), concurrency=4))
+    a, b = (run_dir(tmp_path / k, m, 'FR', 'mc') for k, m in (('local', str(tiny_model)), ('http', f"{url}/v1#tiny-llama")))
+    assert a.parts[-3:] == b.parts[-3:] == ('tiny-llama', 'FR', 'mc')
+    sa, sb = (pl.read_parquet(d / 'scores.parquet') for d in (a, b))
+    assert sa['correct'].to_list() == sb['correct'].to_list() and (sa['margin'] - sb['margin']).abs().max() <= 1e-4
+    fa, fb = (pl.read_parquet(d / 'robustness' / 'variations.parquet') for d in (a, b))
+    diff = [c for c in fa.columns if not fa[c].dtype.is_float() and c != 'reason' and fa[c].to_list() != fb[c].to_list()]
+    assert [str(x).split(' has ')[-1] for x in fa['reason']] == [str(x).split(' has ')[-1] for x in fb['reason']]   # the reason names the model as given
+    assert len(fa) == len(fb) > 0 and diff == [], [(x, y) for c in diff for x, y in zip(fa[c], fb[c]) if x != y]
+    for c in (c for c in fa.columns if fa[c].dtype.is_float()): assert (fa[c] - fb[c]).abs().max() <= 1e-4, c
+    assert json.loads((b / 'summary.json').read_text())['backend'] == 'openai'
 
 
 def test_server_errors_are_retried_and_nothing_is_lost(tiny_model, tmp_path):
