@@ -24,11 +24,11 @@ def _port():
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-def serve(model: str):
-    "Start `navab serve` on a free port; return (url, process) once it answers."
+def serve(model: str, *args):
+    "Start `navab serve` on a free port (more flags in `args`); return (url, process) once it answers."
     import httpx
     port = _port()
-    p = subprocess.Popen([NAVAB, 'serve', '--model', model, '--port', str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    p = subprocess.Popen([NAVAB, 'serve', '--model', model, '--port', str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f'http://127.0.0.1:{port}'
     for _ in range(1200):
         try:
@@ -60,16 +60,20 @@ def main():
     insts = [Instance('loglikelihood', {}, (c, x), i) for i, (c, x) in enumerate(zip(R['context'], R['continuation']))]
     print(f"{a.model}: {len(S)} HK samples, {len(R)} MC requests (answer mode); batch {a.batch_size}; {os.cpu_count()} CPUs", flush=True)
     url, proc = serve(a.model)
+    url1, proc1 = serve(a.model, '--max-batch', '1')            # the peer: the same server answering one request per engine call
     times = {}
     try:
         nb = get_backend(f"{url}/v1#{a.model}", concurrency=a.concurrency)
+        nb1 = get_backend(f"{url1}/v1#{a.model}", concurrency=a.concurrency)
         lm1 = LocalCompletionsAPI(base_url=f"{url}/v1/completions", model=a.model, tokenizer_backend='huggingface', tokenizer=path,
                                   tokenized_requests=True, max_retries=3)                       # lm-eval's defaults: 1 in flight, 1 a call
         lmc = LocalCompletionsAPI(base_url=f"{url}/v1/completions", model=a.model, tokenizer_backend='huggingface', tokenizer=path,
                                   tokenized_requests=True, max_retries=3, num_concurrent=a.concurrency)
         hf = HFBackend(a.model)
-        nb.score(R.head(2), progress=False); lm1.loglikelihood(insts[:2], disable_tqdm=True); hf.score(R.head(2), progress=False)  # warm-up
+        nb.score(R.head(2), progress=False); nb1.score(R.head(2), progress=False); lm1.loglikelihood(insts[:2], disable_tqdm=True)
+        hf.score(R.head(2), progress=False)  # warm-up
         runs = {'navab openai': lambda: nb.score(R, batch_size=a.batch_size, progress=False)['logprob'].to_list(),
+                'navab openai, server --max-batch 1': lambda: nb1.score(R, batch_size=a.batch_size, progress=False)['logprob'].to_list(),
                 'lm-eval local-completions': lambda: [x for x, _ in lm1.loglikelihood(insts, disable_tqdm=True)],
                 f'lm-eval local-completions num_concurrent={a.concurrency}': lambda: [x for x, _ in lmc.loglikelihood(insts, disable_tqdm=True)],
                 'navab hf (in process)': lambda: hf.score(R, batch_size=a.batch_size, progress=False)['logprob'].to_list()}
@@ -79,7 +83,7 @@ def main():
                 out[name], t = timed(f)
                 times.setdefault(name, []).append(t)
     finally:
-        proc.terminate(); proc.wait(20)
+        for p in (proc, proc1): p.terminate(); p.wait(20)
     med = {n: sorted(ts)[len(ts) // 2] for n, ts in times.items()}
     for n, t in med.items():
         d = max(abs(x - y) for x, y in zip(out[n], out['navab hf (in process)']))
@@ -87,6 +91,7 @@ def main():
     nbt, ip = med['navab openai'], med['navab hf (in process)']
     for n in med:
         if n.startswith('lm-eval'): print(f"navab openai vs {n}: x{med[n] / nbt:.2f}  (floor: at most x{med[n] / ip:.2f} reachable by any client)")
+    print(f"server batching: navab openai against a server answering one request per engine call: x{med['navab openai, server --max-batch 1'] / nbt:.2f}")
     print(f"HTTP overhead: navab openai takes x{nbt / ip:.2f} the in-process time (floor x1.00)")
 
 

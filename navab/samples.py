@@ -86,6 +86,7 @@ def reversal_form(statement: str, reverse: str, lang: str, neg_span: int = REVER
     "Why RS cannot reverse S by its form alone (a restatement, or a truncation: a part of S, or S less a clause), else None."
     s, r = _norm(statement), _norm(reverse)
     if r == s: return "restatement: reverse_statement equals the statement"
+    if re.search(r'[?？]\s*$', reverse or '') and not re.search(r'[?？]\s*$', statement or ''): return "not a statement: reverse_statement is a question"
     neg_changed = negations(statement, lang) != negations(reverse, lang)
     shorter = len(s) - len(r)
     more_neg = negations(reverse, lang) > negations(statement, lang)
@@ -100,6 +101,7 @@ def reversal_form(statement: str, reverse: str, lang: str, neg_span: int = REVER
 def question_problem(question: str, statement: str, reverse: str, lang: str, min_support: float = REVERSAL['question_support']) -> str | None:
     "Why Q cannot be answered by both S and RS (not a question, or not about them), else None."
     if not re.search(r'[?？]\s*$', question or ''): return "question: not a question (no question mark at its end)"
+    if _norm(reverse) == _norm(question): return "question: reverse_statement repeats the question"
     a, b = support(question, statement, lang), support(question, reverse, lang)
     if min(a, b) < min_support: return f"question: not about both statements (support {a:.2f} in S, {b:.2f} in RS < {min_support:g})"
     return None

@@ -89,21 +89,23 @@ def test_real_hk20_nothing_copied_or_unsupported_survives(shared):
 
 
 @pytest.mark.slow
-def test_real_demo_samples_are_reversals():
-    "Every kept sample of a small demo extraction: its validator verdict is a reversal, no RS truncates or restates its S."
+@pytest.mark.parametrize('nation, lang', [('CN', 'zh'), ('US', 'en'), ('UK', 'en'), ('FR', 'fr'), ('DE', 'de')])
+def test_real_demo_samples_are_reversals(nation, lang):
+    "The demo's extraction of a nation (all 40 articles, the defaults, as `make demo` runs it): every sample's validator verdict is read; every kept RS reverses its S (no truncation or restatement), every dropped one says why, and at least 10 samples are kept."
     from navab.extract import extract
-    run = cache_dir() / 'tests' / 'grounding-demo-fr8'   # the issue's case: the demo's FR run kept a truncation as RS
-    extract(ROOT / 'data/demo/corpus/FR.jsonl', 'FR', run, limit=8, seed=42, progress=False)
+    run = cache_dir() / 'tests' / f'grounding-demo-{nation}'   # the issue's case: the demo's FR run kept a truncation as RS
+    extract(ROOT / f'data/demo/corpus/{nation}.jsonl', nation, run, seed=42, progress=False)
     allsam = pl.read_parquet(run / 'samples_all.parquet')
     kept = allsam.filter('kept')
-    assert len(kept) >= 1, allsam.select('id', 'drop_reason').rows()
     for r in kept.iter_rows(named=True):
         assert r['rs_verdict'] == 'reversal' and r['rs_votes'] >= 1
-        assert SM.reversal_form(r['statement'], r['reverse_statement'], 'fr') is None, r
-        assert SM.validate_reversal(r['question'], r['statement'], r['reverse_statement'], 'fr', r['rs_votes']) is None
+        assert SM.reversal_form(r['statement'], r['reverse_statement'], lang) is None, r
+        assert SM.validate_reversal(r['question'], r['statement'], r['reverse_statement'], lang, r['rs_votes']) is None
     for r in allsam.filter(~pl.col('kept')).iter_rows(named=True): assert r['drop_reason'] and r['rs_verdict'] != 'reversal' or 'near-duplicate' in r['drop_reason']
     dpo = [json.loads(l) for l in (run / 'dpo_pairs.jsonl').read_text(encoding='utf-8').splitlines()]
     assert {d['id'] for d in dpo} == set(kept['id'])
+    # floor (measured 2026-12-05, nbs/09a_measure.ipynb): CN 15, US 15, UK 15, FR 20, DE 14 kept; the issue asks for at least 10
+    assert len(kept) >= 10, allsam.select('id', 'drop_reason').rows()
 
 
 @pytest.mark.slow
