@@ -226,8 +226,8 @@ def _empty_quarantine() -> pl.DataFrame:
     return pl.DataFrame(schema={'row': pl.String, 'stage': pl.String, 'reason': pl.String, 'raw': pl.String})
 
 def conflict(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, progress: bool = True,
-             config: dict | None = None, official_weight: float = 2.0, max_pairs: int = 200) -> tuple:
-    "(frame, quarantine): every statement with stance, stance_weight, conflicts_with, removed_reason, kept."
+             config: dict | None = None, official_weight: float = 2.0, max_pairs: int = 200, reduce: bool = True) -> tuple:
+    "(frame, quarantine): every statement with stance, stance_weight, conflicts_with, removed_reason, kept; `reduce=False` compares nothing and keeps all (the ablation's pairs)."
     from tqdm.auto import tqdm
     ok = [isinstance(v, str) and bool(v.strip()) for v in df['statement']] if 'statement' in df.columns else [False] * len(df)
     q = [dict(row=str(r.get('id')), stage='conflict', reason='missing or empty statement', raw=str(r.get('statement')))
@@ -239,7 +239,7 @@ def conflict(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, pr
     for k, r in enumerate(rows): topics.setdefault(r.get('topic'), []).append(k)
     cand = []
     for t, ks in topics.items():
-        cand += [(ks[i], ks[j]) for i, j in _pairs_for([rows[k]['id'] for k in ks], [rows[k]['statement'] for k in ks], max_pairs)]
+        if reduce: cand += [(ks[i], ks[j]) for i, j in _pairs_for([rows[k]['id'] for k in ks], [rows[k]['statement'] for k in ks], max_pairs)]
     pairs = pl.DataFrame({'a': [rows[i]['statement'] for i, _ in cand], 'b': [rows[j]['statement'] for _, j in cand],
                           'lang': [rows[i].get('lang') or lang for i, _ in cand]}, schema={'a': pl.String, 'b': pl.String, 'lang': pl.String})
     det = detect(pairs, gen, config) if len(pairs) else pairs.with_columns(pl.lit(None, pl.Float64).alias('score'), pl.lit(False).alias('contradict'))

@@ -268,7 +268,7 @@ class EchoGenerator(Generator):
 # %% ../nbs/09_extract.ipynb #42a97e83
 def _cmd_extract(a) -> int:
     c = extract(a.corpus, a.nation, a.out, generator=a.generator, stages=a.stages, seed=a.seed, limit=a.limit, progress=not a.quiet,
-                device=a.device, dtype=a.dtype)
+                device=a.device, dtype=a.dtype, options={'conflict': {'reduce': False}} if a.no_conflict else None)
     for st, v in c.items(): print(f"{st:10s} in {v['in']:5d}  out {v['out']:5d}  dropped {v['dropped']:5d}  quarantined {v['quarantined']:5d}")
     print(f"wrote {a.out}")
     return 0 if all(v['balanced'] for v in c.values()) else 1
@@ -301,6 +301,8 @@ def add_cli(sub):
     p.add_argument('--limit', type=int, default=None, help="only the first N articles of the nation")
     from navab.models import device_args
     device_args(p)   # the local generator's
+    p.add_argument('--no-conflict', action='store_true',
+                   help="keep every statement through the conflict stage (the ablation's pairs: navab align --ablation-pairs OUT/dpo_pairs.jsonl)")
     p.add_argument('--quiet', action='store_true', help="no progress bars")
     p.set_defaults(fn=_cmd_extract)
     r = sub.add_parser('review', help="export a review sheet of a run's samples, or import a filled one")

@@ -69,6 +69,19 @@ def test_conflict_keeps_prevailing_stance_and_records_why():
     assert r['s1']['removed_reason'] is None and r['s1']['n_contradictions'] == 1
 
 
+def test_conflict_without_reduction_keeps_every_statement():
+    "reduce=False (navab extract --no-conflict: the ablation's pair set) asks the detector nothing and keeps every statement."
+    df = stmts([('s1', 'a1', 'US', 'en', 1, 'Taxes should rise.', 'official', 'X'),
+                ('s3', 'a3', 'US', 'en', 1, 'Taxes should not rise.', 'quoted', 'Z')])
+    class Mute:
+        hash = 'mute'
+        def __getattr__(self, k): raise AssertionError(f"the detector was asked ({k})")
+    frame, q = C.conflict(df, Mute(), nation='US', lang='en', progress=False, reduce=False)
+    assert frame['kept'].to_list() == [True, True] and frame['removed_reason'].null_count() == 2 and len(q) == 0
+    frame, _ = C.conflict(df, contra_gen(), nation='US', lang='en', progress=False)
+    assert frame['kept'].to_list().count(False) == 1                 # with reduction one of them goes
+
+
 def test_conflict_counts_an_article_once_and_is_order_free():
     # two official statements of ONE article (weight 2) against three quoted statements of three articles (weight 3)
     rows = [('s1', 'a1', 'FR', 'en', 1, 'Rents should be capped.', 'official', 'X'),
