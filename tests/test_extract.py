@@ -125,3 +125,15 @@ def test_runner_errors_are_clear(tmp_path):
         extract(FR, 'FR', tmp_path, generator=EchoGenerator('fr'), stages='statements', limit=3)
     with pytest.raises(ValueError, match="unknown nation code 'XX'"):
         extract(FR, 'XX', tmp_path, generator=EchoGenerator('fr'))
+
+
+def test_no_conflict_keeps_every_statement_for_the_ablation(tmp_path):
+    "navab extract --no-conflict: the conflict stage passes every screened statement on (the pairs for align --ablation-pairs); the run folder differs from the default's only from that stage on."
+    a = extract(FR, 'FR', tmp_path / 'with', generator=EchoGenerator('fr'), limit=12, progress=False)
+    b = extract(FR, 'FR', tmp_path / 'without', generator=EchoGenerator('fr'), limit=12, progress=False, options={'conflict': {'reduce': False}})
+    assert b['conflict']['dropped'] == 0 and b['conflict']['out'] == b['conflict']['in'] == a['conflict']['in'] > 0
+    assert all(v['balanced'] for v in b.values() if isinstance(v, dict) and 'balanced' in v)
+    fr = pl.read_parquet(stage_file(tmp_path / 'without', 'conflict'))
+    assert fr['kept'].all() and fr['conflicts_with'].null_count() == len(fr)
+    r = subprocess.run([NAVAB, 'extract', '--help'], capture_output=True, text=True)
+    assert '--no-conflict' in r.stdout and 'ablation-pairs' in r.stdout
