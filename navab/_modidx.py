@@ -270,6 +270,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'navab.llm.HttpGenerator._endpoint': ('llm.html#httpgenerator._endpoint', 'navab/llm.py'),
                            'navab.llm.HttpGenerator.choose': ('llm.html#httpgenerator.choose', 'navab/llm.py'),
                            'navab.llm.HttpGenerator.complete': ('llm.html#httpgenerator.complete', 'navab/llm.py'),
+                           'navab.llm.HttpGenerator.scorer': ('llm.html#httpgenerator.scorer', 'navab/llm.py'),
                            'navab.llm.LocalGenerator': ('llm.html#localgenerator', 'navab/llm.py'),
                            'navab.llm.LocalGenerator.__init__': ('llm.html#localgenerator.__init__', 'navab/llm.py'),
                            'navab.llm.LocalGenerator._load': ('llm.html#localgenerator._load', 'navab/llm.py'),

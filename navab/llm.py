@@ -91,8 +91,9 @@ def match_option(answer: str, options: list) -> int | None:
 class HttpGenerator(Generator):
     "An OpenAI-compatible server (`url` ending in /v1 or not, `model` its model id); cached in `run_dir`."
     def __init__(self, url: str, model: str, run_dir=None, batch_size: int = 8, retries: int = 4, backoff: float = 0.5,
-                 timeout: float = 300, api_key: str | None = None, seed: int = 0):
+                 timeout: float = 300, api_key: str | None = None, seed: int = 0, tokenizer: str | None = None, concurrency: int = 8):
         self.url, self.model, self.run_dir, self.batch_size = url.rstrip('/'), model, run_dir, batch_size
+        self.tokenizer, self.concurrency, self._be, self.scorer_note = tokenizer, concurrency, None, None
         self.retries, self.backoff, self.timeout, self.api_key, self.seed = retries, backoff, timeout, api_key, seed
         self.name, self.hash = f"{self.url}#{model}", f"http|{self.url}|{model}"
         self.choose_mode = None   # 'logprobs' or 'match', found on first use
@@ -105,6 +106,16 @@ class HttpGenerator(Generator):
                              backoff=self.backoff, timeout=self.timeout, api_key=self.api_key, progress=progress)
 
     def _endpoint(self): return self.url + ('' if self.url.endswith('/v1') else '/v1') + '/completions'
+
+    def scorer(self):
+        "The `openai` backend over this server (batched, concurrent, token-exact scoring, as evaluation uses) when it can be built; else None: the text-offset path."
+        if self._be is None:
+            from navab.backend import OpenAIBackend
+            try: self._be = OpenAIBackend(f"{self.url + ('' if self.url.endswith('/v1') else '/v1')}#{self.model}", tokenizer=self.tokenizer,
+                                          concurrency=self.concurrency, retries=self.retries, backoff=self.backoff, timeout=self.timeout, api_key=self.api_key)
+            except Exception as e:          # no tokenizer here for the served model, no /v1/models, a probe that disagrees
+                self._be, self.scorer_note = False, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        return self._be or None
 
     def _echo_logprobs(self, prompt: str, option: str, probe: bool = False) -> float | None:
         "Log-prob of `option` after `prompt` from an echo request; None when the server returns no token log-probs."
@@ -125,6 +136,14 @@ class HttpGenerator(Generator):
         cache = _read_choices(self.run_dir)
         key = lambda p, o: hashlib.sha256(json.dumps(['navab-choose-1', self.hash, p, o]).encode()).hexdigest()
         out = []
+        if self.choose_mode in (None, 'backend') and prompts and options[0] and (be := self.scorer()) is not None:
+            self.choose_mode = 'backend'
+            rows = [(p, o, i) for i, (p, os_) in enumerate(zip(prompts, options)) for o in os_]
+            req = pl.DataFrame(rows, schema={'context': pl.String, 'continuation': pl.String, 'group': pl.Int64}, orient='row')
+            lp = be.score(req, run_dir=self.run_dir, batch_size=16, progress=progress)['logprob'].to_list()
+            k = 0
+            for os_ in options: out.append(lp[k:k + len(os_)]); k += len(os_)
+            return out
         if self.choose_mode is None and prompts and options[0]:
             self.choose_mode = 'logprobs' if self._echo_logprobs(prompts[0], options[0][0], probe=True) is not None else 'match'
         if self.choose_mode == 'match':
@@ -178,7 +197,7 @@ def get_generator(spec: str | None = None, run_dir=None, seed: int = 0, lang: st
             base = url.rstrip('/') + ('' if url.rstrip('/').endswith('/v1') else '/v1')
             try: model = httpx.get(base + '/models', timeout=10).json()['data'][0]['id']
             except Exception as e: raise ValueError(f"{spec}: no '#model' given and {base}/models did not name one ({e})") from None
-        return HttpGenerator(url, model, run_dir=run_dir, seed=seed, **kw)
+        return HttpGenerator(url, model, run_dir=run_dir, seed=seed, **kw)   # kw: tokenizer, concurrency, retries, ...
     from navab.models import resolve
     resolve(spec)  # a clear error for an unknown name, before any loading
     return LocalGenerator(spec, run_dir=run_dir, seed=seed, device=device, dtype=dtype, **kw)

@@ -190,25 +190,27 @@ def _compare_runs(a: Path, b: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize('model', ['smollm2-135m', 'gemma3-270m'])
 def test_hk_samples_hf_equals_openai(model, shared, tmp_path):
-    "Real HK samples, both embedded models, MC in answer and navab scoring and AJ: hf in process = openai via navab serve."
+    "Real HK samples, both embedded models, MC in answer and navab scoring, AJ and the likelihood preference (and, for the chat model, AJ through its chat template): hf in process = openai via navab serve."
     from navab.evaluate import evaluate
     S = _hk(shared)
     diffs = {}
     with serve(model) as (url, _):
         spec = f"{url}/v1#{model}"
-        for method, scoring in (('aj', 'answer'), ('mc', 'navab')):     # an AJ run holds its MC requests (answer scoring) too
-            kw = dict(method=method, scoring=scoring, max_new_tokens=8, progress=False)
-            a, b = tmp_path / f'hf-{method}-{scoring}', tmp_path / f'oa-{method}-{scoring}'
+        runs = [('aj', 'answer', False), ('mc', 'navab', False), ('pref', 'answer', False)] + ([('aj', 'answer', True)] if model == 'smollm2-135m' else [])
+        for method, scoring, chat in runs:     # an AJ run holds its MC requests (answer scoring) too
+            kw = dict(method=method, scoring=scoring, max_new_tokens=8, progress=False, chat=chat)
+            a, b = tmp_path / f'hf-{method}-{scoring}-{chat}', tmp_path / f'oa-{method}-{scoring}-{chat}'
             evaluate(S, model, a, **kw)
-            if (model, method) == ('smollm2-135m', 'aj'):                   # the command a researcher types
+            if (model, method, chat) == ('smollm2-135m', 'aj', False):      # the command a researcher types
                 r = subprocess.run([NAVAB, 'evaluate', '--samples', str(shared / 'navab-hk' / 'human_statement_result.json'), '--nation', 'CN',
                                     '--model', spec, '--method', 'aj', '--max-new-tokens', '8', '--limit', str(HK), '--out', str(b)],
                                    capture_output=True, text=True)
                 assert r.returncode == 0, r.stderr[-500:]
                 assert json.loads((b / 'summary.json').read_text())['backend'] == 'openai'
             else: evaluate(S, spec, b, **kw)
-            diffs[(method, scoring)] = _compare_runs(a, b)
-    print(model, {f'{m}/{s}': f'{d:.2e}' for (m, s), d in diffs.items()})
+            diffs[(method, scoring, chat)] = _compare_runs(a, b)
+            if chat: assert '<|im_start|>' in pl.read_parquet(b / 'requests.parquet')['context'][0]      # the chat template was applied
+    print(model, {f'{m}/{s}' + ('/chat' if c else ''): f'{d:.2e}' for (m, s, c), d in diffs.items()})
 
 
 @pytest.mark.slow

@@ -42,8 +42,14 @@ def test_http_generator_against_real_server(tiny_model, tmp_path):
         answers = local.complete(['Answer:'], max_new_tokens=8, stop='\n', progress=False)
         opts = [answers[0][:3] or 'x', 'zzz-not-an-answer']          # the first option is what the model will write
         ch = h.choose(['Answer:'], [opts], progress=False)
-        assert h.choose_mode == 'logprobs'                           # navab serve echoes log-probs
+        assert h.choose_mode == 'backend' and h.scorer().mode == 'tokens'   # through the openai backend, token-id prompts
         assert ch[0][0] > ch[0][1]                                   # the model's own answer beats a string it would never write
+        assert ch[0] == pytest.approx(local.choose(['Answer:'], [opts], progress=False)[0], abs=1e-4)
+        assert list(tmp_path.glob('part-*.parquet')) or list(tmp_path.glob('*.parquet'))     # cached in the run folder
+        t = HttpGenerator(s.url, str(tiny_model), tokenizer=str(tmp_path / 'no-such-tokenizer'))
+        tc = t.choose(['Answer:'], [opts], progress=False)[0]       # text prompts: the server's joint tokenisation sets the boundary (off by ~0.03 here)
+        assert t.choose_mode == 'logprobs' and tc == pytest.approx(ch[0], abs=0.1) and (tc[0] > tc[1]) == (ch[0][0] > ch[0][1])
+        assert t.scorer_note                                         # why the backend could not be built: the text path was used
         assert get_generator(s.url).model == str(tiny_model)         # no '#model': the server's first model
 
 
