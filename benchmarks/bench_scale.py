@@ -14,7 +14,11 @@ Usage:  nice -n 5 .venv/bin/python benchmarks/bench_scale.py [--articles 50000] 
    sent; a server that answers without log-probs (navab serve before the backend issue lands) is measured on the
    same payload anyway (one forward over the prompt plus one generated token: the work of scoring it) and the output
    says so.
-3. The projection, with its assumptions printed: figures scale linearly in articles and requests and divide over
+3. The extraction's LLM stages (topics, statements, screen, conflict, source, samples): their CPU seconds per article from
+   a finished `navab extract` run folder (`--llm-run DIR`, default the 222-article HK run that
+   `benchmarks/bench_grounding.py --limit 222 --skip-demo` writes under benchmarks/out/grounding/hk/run), i.e. timings.json
+   and counts.json of real news through the default generator.
+4. The projection, with its assumptions printed: figures scale linearly in articles and requests and divide over
    cores; model cost scales with parameter count.
 Results: benchmarks/out/bench_scale.json and a table on stdout, with the load average (other work slows the wall clock;
 CPU seconds are what the per-core rates use).
@@ -148,7 +152,18 @@ def _params(model: str) -> float:
     return float(m.group(1)) * (1e6 if m.group(2) == 'm' else 1e9) if m else float('nan')
 
 
-def project(ex: dict, sc: dict, cores: int) -> list:
+def llm_stages(run) -> dict | None:
+    "CPU seconds per article of each extraction stage in a finished run folder (timings.json, counts.json), and the generator it used."
+    run = Path(run) if run else None
+    if not run or not (run / 'timings.json').is_file() or not (run / 'counts.json').is_file(): return None
+    t, c = json.loads((run / 'timings.json').read_text()), json.loads((run / 'counts.json').read_text())
+    n = c['load']['out']
+    per = {st: dict(cpu_per_article=v['cpu_seconds'] / n, n_in=v['n_in'], seconds=v['seconds']) for st, v in t.items()}
+    samples = c.get('samples', {}).get('out')
+    return dict(run=str(run), articles=n, stages=per, samples=samples)
+
+
+def project(ex: dict, sc: dict, cores: int, llm: dict | None = None, generator: str = 'gemma3-270m') -> list:
     "The projection rows (what, core-hours, wall hours on `cores` cores) with their assumptions."
     rows, notes = [], []
     n_art = 10_000_000
@@ -177,8 +192,21 @@ def project(ex: dict, sc: dict, cores: int) -> list:
                  " (this navab serve answers without log-probs: one forward over the prompt and one generated token, the same work)"))
     notes.append("bigger models: CPU cost scaled by parameter count (a forward is ~2 x params FLOPs per token); real studies run "
                  "8B models on GPUs behind vLLM (`--executor ray`, `--gpus-per-run`): measure that server's requests/s with --url and rerun")
-    notes.append("extraction's LLM stages (statements, screen, conflict, source, samples: several generation calls per article) and the "
-                 "topic model are not in this projection: they dominate, and their cost is the generation server's (bench_extract.py --llm)")
+    if llm:
+        tot = sum(v['cpu_per_article'] for v in llm['stages'].values())
+        gp = _params(generator)
+        for st, v in llm['stages'].items():
+            rows.append((f"extraction, {st} stage, 10M articles, {generator} generator on CPU", n_art * v['cpu_per_article'] / 3600))
+        rows.append((f"extraction, all LLM stages, 10M articles, {generator} generator on CPU", n_art * tot / 3600))
+        rows.append((f"extraction, all LLM stages, 10M articles, an 8B generator on CPU (scaled by parameters)", n_art * tot * 8e9 / gp / 3600))
+        notes.append(f"LLM stages: CPU seconds per article from {llm['run']} ({llm['articles']} real HK articles, {llm['samples']} samples kept): "
+                     + ', '.join(f"{st} {v['cpu_per_article']:.2f}" for st, v in llm['stages'].items())
+                     + f" (total {tot:.2f} CPU-s per article); later stages see only what earlier ones keep, so the per-article figure "
+                       "holds for news with the same value density; conflict compares at most 200 statement pairs per topic, so it "
+                       "stays linear while topics stay of bounded size")
+        notes.append(f"an 8B generator: the {generator} figures scaled by parameter count; on GPUs behind vLLM the cost is the server's "
+                     "(`--generator http://...`; measure its requests/s and rerun)")
+    else: notes.append("extraction's LLM stages: not projected (no run folder: run benchmarks/bench_grounding.py --limit 222 --skip-demo, or pass --llm-run DIR)")
     notes.append(f"wall hours divide core-hours over {cores} cores; Ray spreads runs over machines the same way (one model x nation x method per task)")
     return rows, notes
 
@@ -188,6 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument('--articles', type=int, default=50_000); ap.add_argument('--model', default='smollm2-135m')
     ap.add_argument('--requests', type=int, default=64); ap.add_argument('--url'); ap.add_argument('--cores', type=int, default=64)
     ap.add_argument('--report', action='store_true', help='reprint the saved results')
+    ap.add_argument('--llm-run', default=str(OUT / 'grounding' / 'hk' / 'run'), help='a finished navab extract run folder: its LLM stage costs')
+    ap.add_argument('--generator', default='gemma3-270m', help="the generator that run used (settings [extract]), for scaling")
     a = ap.parse_args(argv)
     os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     OUT.mkdir(parents=True, exist_ok=True)
@@ -212,7 +242,7 @@ def main(argv=None) -> int:
         print(f"  HTTP, {c} client(s)        {v['n'] / v['wall']:>8.1f} requests/s wall    ({v['wall']:.1f} s{per})")
     print(f"  server returned echo+logprobs: {sc['echo_logprobs']}" + ('' if sc['echo_logprobs'] else
           " (navab serve on this checkout generates only; the backend issue adds scoring: then rerun)"))
-    rows, notes = project(ex, sc, r['cores'])
+    rows, notes = project(ex, sc, r['cores'], llm_stages(a.llm_run), a.generator)
     print(f"\nprojected cost (core-hours; wall hours on {r['cores']} cores):")
     for what, ch in rows: print(f"  {what:<92} {ch:>12,.1f} core-h {ch / r['cores']:>10,.2f} h")
     print("\nassumptions:")
