@@ -121,9 +121,9 @@ PREF_LABELS = ['S', 'RS']
 
 def pref_prompts(samples: pl.DataFrame, templates: dict | None = None, chat_tok=None) -> pl.DataFrame:
     "One row per sample, shaped like `mc_prompts`: the question prompt, S and RS as its continuations, S always the gold."
-    rows = []
-    for r, (p, c, j) in zip(samples.iter_rows(named=True), pref_texts(samples, templates)):
-        sep = _tmpl(templates or load_templates(), r['lang'])['sep']
+    T, rows = templates or load_templates(), []
+    for r, (p, c, j) in zip(samples.iter_rows(named=True), pref_texts(samples, T)):
+        sep = _tmpl(T, r['lang'])['sep']
         if chat_tok is not None: p, c, j = _chat(chat_tok, p), c[len(sep):], j[len(sep):]   # the chat template ends the user turn
         rows.append(dict(sample_id=r['id'], nation=r['nation'], lang=r['lang'], source_type=r.get('source_type'), topic=r.get('topic'),
                          prompt=p, chosen=c, rejected=j, s_first=True, gold=PREF_LABELS[0], labels=PREF_LABELS))
