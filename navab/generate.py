@@ -14,7 +14,7 @@ from .schema import atomic_write
 __all__ = ['GEN_VERSION', 'SHARE_MIN', 'generation_key', 'lang_vocab', 'generate']
 
 # %% ../nbs/04b_generate.ipynb #e24efdae
-GEN_VERSION = 'navab-generate-1'  # bump when the convention changes: cached outputs are then regenerated
+GEN_VERSION = 'navab-generate-2'  # bump when the convention changes: cached outputs are then regenerated
 
 def generation_key(info, prompt: str, params: dict) -> str:
     "The cache key of one generation: sha256 of the version, model hash, dtype, prompt and parameters."
@@ -28,11 +28,12 @@ def _read_cache(run_dir) -> dict:
 
 # %% ../nbs/04b_generate.ipynb #98936f62
 def _prompt_ids(tok, prompt: str, chat: bool, start_id: int) -> list:
-    "Token ids of a prompt: the chat template when asked (and the tokenizer has one), else start token + prompt."
+    "Token ids of a prompt (in the chat template when asked and the tokenizer has one) after one start token, as scoring reads a context."
+    from navab.score import with_start
     if chat:
         if not getattr(tok, 'chat_template', None): raise ValueError("chat=True but this tokenizer has no chat template")
-        return tok.apply_chat_template([{'role': 'user', 'content': prompt}], add_generation_prompt=True, tokenize=True, return_dict=False)
-    return [start_id] + tok(prompt, add_special_tokens=False).input_ids
+        prompt = tok.apply_chat_template([{'role': 'user', 'content': prompt}], add_generation_prompt=True, tokenize=False)
+    return with_start(tok(prompt, add_special_tokens=False).input_ids, start_id)
 
 # %% ../nbs/04b_generate.ipynb #dccc662e
 def _cut(text: str, stop: str | None) -> str:

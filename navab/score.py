@@ -13,7 +13,7 @@ import polars as pl
 from .schema import atomic_write
 
 # %% auto #0
-__all__ = ['ENGINE', 'PAD_SLACK', 'RESULTS', 'encode_requests', 'request_key', 'score_reference', 'token_logprobs',
+__all__ = ['ENGINE', 'PAD_SLACK', 'RESULTS', 'with_start', 'encode_requests', 'request_key', 'score_reference', 'token_logprobs',
            'read_results', 'score']
 
 # %% ../nbs/04_score.ipynb #05d1f84b
@@ -23,16 +23,24 @@ def _move_space(context: str, continuation: str) -> tuple:
     return (context[:-n], context[-n:] + continuation) if n else (context, continuation)
 
 # %% ../nbs/04_score.ipynb #f6de5053
+def with_start(ids: list, start_id: int) -> list:
+    "Token ids with the start token first: added unless the text already began with it (a chat template that writes its own `<bos>`)."
+    return list(ids) if ids[:1] == [start_id] else [start_id, *ids]
+
 def encode_requests(tok, contexts, continuations, start_id: int) -> list:
-    "For each request: token ids `[start] + enc(context + continuation)` and the index of its first continuation token."
+    "For each request: token ids `[start] + enc(context + continuation)` (one start token, see `with_start`) and the index of its first continuation token."
     pairs = [_move_space(c, x) for c, x in zip(contexts, continuations)]
     whole = tok([c + x for c, x in pairs], add_special_tokens=False).input_ids if pairs else []
     uniq = list(dict.fromkeys(c for c, _ in pairs))
     ctx = dict(zip(uniq, tok(uniq, add_special_tokens=False).input_ids)) if uniq else {}
-    return [([start_id] + w, 1 + len(ctx[c])) for w, (c, _) in zip(whole, pairs)]
+    out = []
+    for w, (c, _) in zip(whole, pairs):
+        ids = with_start(w, start_id)
+        out.append((ids, len(ids) - len(w) + len(ctx[c])))
+    return out
 
 # %% ../nbs/04_score.ipynb #17ce5d5a
-ENGINE = 'navab-score-1'  # bump when the scoring convention changes: every cached result is then recomputed
+ENGINE = 'navab-score-2'  # bump when the scoring convention changes: every cached result is then recomputed
 
 def request_key(info, context: str, continuation: str) -> str:
     "The cache key of one request: sha256 of the engine version, model hash, dtype, start token, context and continuation."

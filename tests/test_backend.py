@@ -190,13 +190,13 @@ def _compare_runs(a: Path, b: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize('model', ['smollm2-135m', 'gemma3-270m'])
 def test_hk_samples_hf_equals_openai(model, shared, tmp_path):
-    "Real HK samples, both embedded models, MC in answer and navab scoring and AJ: hf in process = openai via navab serve."
+    "Real HK samples, both embedded models, MC in answer and navab scoring, AJ (plain and in the chat template) and pref: hf in process = openai via navab serve."
     from navab.evaluate import evaluate
     S = _hk(shared)
     diffs = {}
     with serve(model) as (url, _):
         spec = f"{url}/v1#{model}"
-        runs = [('aj', 'answer', False), ('mc', 'navab', False)]      # pref and chat over openai: see the closing note (not equal yet)
+        runs = [('aj', 'answer', False), ('mc', 'navab', False), ('pref', 'answer', False)] + [('aj', 'answer', True)] * (model == 'smollm2-135m')  # the embedded gemma has no chat template
         for method, scoring, chat in runs:     # an AJ run holds its MC requests (answer scoring) too
             kw = dict(method=method, scoring=scoring, max_new_tokens=8, progress=False, chat=chat)
             a, b = tmp_path / f'hf-{method}-{scoring}-{chat}', tmp_path / f'oa-{method}-{scoring}-{chat}'
