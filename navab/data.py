@@ -14,9 +14,9 @@ from .schema import validate_records, quarantine_frame, Checked, combine, _raw
 
 # %% auto #0
 __all__ = ['FORMATS', 'MAX_LINE', 'STREAM_EXT', 'NAVAB_RELEASE', 'RELEASE_CONFIGS', 'RELEASE_SPLITS', 'read_records',
-           'article_id', 'load_articles', 'corpus_files', 'iter_records', 'stream_articles', 'write_partitions',
-           'source_type_of', 'read_navab', 'navab_records', 'Release', 'parse_release', 'load_release',
-           'release_nations', 'release_part', 'load_samples', 'read_opinions']
+           'article_id', 'load_articles', 'corpus_files', 'parquet_batches', 'iter_records', 'stream_articles',
+           'write_partitions', 'source_type_of', 'read_navab', 'navab_records', 'Release', 'parse_release',
+           'load_release', 'release_nations', 'release_part', 'load_samples', 'read_opinions']
 
 # %% ../nbs/02_data.ipynb #d29352e1
 FORMATS = ('jsonl', 'json', 'csv', 'parquet', 'hf')
@@ -207,6 +207,14 @@ def _jsonl_batches(f: str, fh, batch: int):
         if len(recs) + len(bad) >= batch: yield recs, bad; recs, bad = [], []
     if recs or bad: yield recs, bad
 
+def parquet_batches(source, rows: int, columns=None):
+    "Record batches of a Parquet file (path or open file), at most `rows` rows each, a row group at a time; arrow's freed memory goes back to the system after each group (its allocator keeps it otherwise, and a long file's reading grows)."
+    import pyarrow as pa, pyarrow.parquet as pq
+    f = pq.ParquetFile(source, pre_buffer=False)
+    for i in range(f.num_row_groups):
+        yield from f.iter_batches(batch_size=rows, row_groups=[i], columns=columns)
+        pa.default_memory_pool().release_unused()
+
 def iter_records(f: str, batch: int = 20_000):
     "`(records, quarantine rows)` of one file (local path or fsspec URL) in batches of about `batch` rows: Parquet and JSONL stream, other formats are read whole."
     import fsspec
@@ -214,9 +222,8 @@ def iter_records(f: str, batch: int = 20_000):
     if not low.endswith(STREAM_EXT): yield read_records(f); return
     with fsspec.open(str(f), 'rb') as fh:
         if low.endswith('.parquet'):
-            import pyarrow.parquet as pq
             i = 0
-            for b in pq.ParquetFile(fh).iter_batches(batch_size=batch):
+            for b in parquet_batches(fh, batch):
                 rows = b.to_pylist(); yield list(enumerate(rows, i + 1)), []; i += len(rows)
         else: yield from _jsonl_batches(str(f), fh, batch)
 

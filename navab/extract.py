@@ -13,8 +13,9 @@ from .settings import load_settings
 from .llm import Generator, get_generator, extract_settings
 
 # %% auto #0
-__all__ = ['STAGES', 'QCOLS', 'STREAM_BYTES', 'stage_fn', 'plan_stages', 'corpus_hash', 'stage_hash', 'reason_key',
-           'stage_counts', 'stage_file', 'extract', 'run_counts', 'write_outputs', 'EchoGenerator', 'add_cli']
+__all__ = ['STAGES', 'QCOLS', 'STREAM_BYTES', 'STREAMED', 'CHUNK_ROWS', 'stage_fn', 'plan_stages', 'corpus_hash', 'stage_hash',
+           'reason_key', 'stage_counts', 'Stored', 'stage_file', 'extract', 'run_counts', 'write_outputs',
+           'EchoGenerator', 'add_cli']
 
 # %% ../nbs/09_extract.ipynb #1ce589af
 STAGES = ('topics', 'statements', 'screen', 'conflict', 'source', 'samples')
@@ -120,15 +121,41 @@ def _streams(corpus) -> bool:
     p = Path(corpus)
     return p.exists() and (sum(f.stat().st_size for f in p.rglob('*') if f.is_file()) if p.is_dir() else p.stat().st_size) > STREAM_BYTES
 
+class Stored:
+    "Rows that stay on disk: Parquet `files` (the first `limit` rows; only the kept ones, without `kept`, when `kept`), read `rows` at a time."
+    def __init__(self, files, limit: int | None = None, kept: bool = False): self.files, self.limit, self.kept = [str(f) for f in files], limit, kept
+    def __repr__(self): return f"Stored({len(self.files)} files, limit={self.limit}, kept={self.kept})"
+    def scan(self) -> pl.LazyFrame:
+        "The rows as a LazyFrame."
+        lf = pl.scan_parquet(self.files)
+        lf = lf.head(self.limit) if self.limit else lf
+        return lf.filter(pl.col('kept')).drop('kept') if self.kept else lf
+    def __len__(self): return self.scan().select(pl.len()).collect().item()
+    def collect(self) -> pl.DataFrame: return self.scan().collect()
+    def chunks(self, rows: int):
+        "The rows in order, at most `rows` at a time (one Parquet batch in memory)."
+        from navab.data import parquet_batches
+        left = self.limit
+        for f in self.files:
+            for rb in parquet_batches(f, rows):
+                df = pl.from_arrow(rb)
+                if left is not None: df = df.head(left); left -= len(df)
+                if self.kept and 'kept' in df.columns: df = df.filter(pl.col('kept')).drop('kept')
+                if len(df): yield df
+                if left == 0: return
+
 def _load_streamed(corpus, nation: str, settings, limit: int | None, out: Path, key: str):
-    "Stream the corpus into `out/articles/nation=XX/part-*.parquet` (bounded memory), then read this nation's articles (the first `limit`)."
+    "Stream the corpus into `out/articles/nation=XX/part-*.parquet` (bounded memory); this nation's articles (the first `limit`) stay there, as `Stored`."
     from navab.data import write_partitions
     from navab.schema import schema
     d = out/'articles'
     m = write_partitions(corpus, d, nation, key=key, settings=settings)
     parts = sorted((d/f'nation={nation}').glob('part-*.parquet'))
-    arts = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=schema('articles'))
-    arts = (arts.head(limit) if limit else arts).collect()
+    if not parts:
+        (d/f'nation={nation}').mkdir(parents=True, exist_ok=True)
+        parts = [d/f'nation={nation}'/'part-empty.parquet']
+        pl.DataFrame(schema=schema('articles')).write_parquet(parts[0])
+    arts = Stored(parts, limit)
     qp = sorted((d/'_quarantine').glob('part-*.parquet'))
     q = pl.concat([pl.read_parquet(f) for f in qp]) if qp else None
     n_nat = m['nations'].get(nation, 0)
@@ -143,7 +170,8 @@ def _load(corpus, nation: str, settings, limit: int | None, out: Path | None = N
         q = q if q is not None else quarantine_frame()
         q = pl.DataFrame({'row': [f"{f}:{r}" for f, r in zip(q['file'], q['row'])], 'stage': 'load',
                           'reason': [f"{fl}: {r}" if fl else r for fl, r in zip(q['field'], q['reason'])], 'raw': q['raw']}, schema=QCOLS)
-        counts = dict(**{'in': c['n_in']}, out=len(arts), dropped=c['valid'] - len(arts), quarantined=c['quarantined'], other_nation=c['other'])
+        n = len(arts)
+        counts = dict(**{'in': c['n_in']}, out=n, dropped=c['valid'] - n, quarantined=c['quarantined'], other_nation=c['other'])
         counts['balanced'] = counts['in'] == counts['out'] + counts['dropped'] + counts['quarantined']
         return arts, q, counts
     ch = load_articles(corpus, nation, settings=settings)
@@ -175,9 +203,52 @@ def _log_time(out: Path, stage: str, wall: float, cpu: float, n_in: int):
     t[stage] = dict(seconds=round(wall, 2), cpu_seconds=round(cpu, 2), n_in=n_in)
     atomic_write(p, lambda f: Path(f).write_text(json.dumps(t, indent=1) + '\n'))
 
+STREAMED = ('topics', 'statements')   # the stages that read a `Stored` input chunk by chunk (the others hold statement rows, no article text)
+CHUNK_ROWS = 20_000
+
+def _write_frames(path: Path, frames, h: str) -> int | None:
+    "Write an iterator of frames into one Parquet file (hash `h` in its metadata), one frame in memory at a time: rows written, None when no frame came."
+    import pyarrow.parquet as pq
+    it = iter(frames)
+    first = next(it, None)
+    if first is None: return None
+    t = first.to_arrow()
+    schema = t.schema.with_metadata({**(t.schema.metadata or {}), b'navab_hash': h.encode()})
+    n = 0
+    with pq.ParquetWriter(path, schema) as w:
+        for f in _chain(first, it):
+            w.write_table(f.to_arrow().cast(schema)); n += len(f)
+    return n
+
+def _chain(first, it):
+    "`first`, then the rest of iterator `it`."
+    yield first; yield from it
+
+def _run_streamed(st: str, inp: Stored, gen, tmp: Path, h: str, out: Path, rows: int, **kw) -> tuple:
+    "Run stage `st` over `inp` chunk by chunk into Parquet file `tmp` (topics: fitted on a sample, see `topics_streamed`): (quarantine, rows in)."
+    fn, qs, n_in = stage_fn(st), [], 0
+    if st == 'topics':
+        from navab.topics import topics_streamed
+        tok = out/'topics.tokens.parquet'
+        try:
+            q, n_in, frames = topics_streamed(inp.chunks(rows), tok, gen, **kw)
+            qs.append(q); n = _write_frames(tmp, frames, h)
+        finally: tok.unlink(missing_ok=True)
+    else:
+        def frames():
+            nonlocal n_in
+            for ch in inp.chunks(rows):
+                f, q = fn(ch, gen, **kw); qs.append(q); n_in += len(ch)
+                yield f
+        n = _write_frames(tmp, frames(), h)
+    if n is None:                 # no rows came out: the stage on no rows gives the frame's columns
+        f, q = fn(inp.scan().head(0).collect(), gen, **kw); qs.append(q); _write_stage(tmp, f, h)
+    return pl.concat(qs, how='diagonal_relaxed'), n_in
+
 def extract(corpus, nation: str, out, generator=None, stages=None, seed: int = 0, progress: bool = True,
-            limit: int | None = None, settings=None, options: dict | None = None, device: str = 'auto', dtype: str = 'auto') -> dict:
-    "Run the extraction stages for one nation's corpus into folder `out`, resuming what a killed run finished; returns counts."
+            limit: int | None = None, settings=None, options: dict | None = None, device: str = 'auto', dtype: str = 'auto',
+            chunk_rows: int = CHUNK_ROWS) -> dict:
+    "Run the extraction stages for one nation's corpus into folder `out`, resuming what a killed run finished; returns counts. A streamed corpus's articles stay on disk: topics and statements read them `chunk_rows` at a time."
     S = settings or load_settings()
     nat = S.nation(nation)
     nation, lang, out = nat.code, nat.lang, Path(out)
@@ -191,22 +262,28 @@ def extract(corpus, nation: str, out, generator=None, stages=None, seed: int = 0
     for st in STAGES[:STAGES.index(todo[-1]) + 1]:
         opts = {**_options(st, S.path), **((options or {}).get(st, {}))}
         if st == 'topics': opts.setdefault('llm_labels', False)
-        if st == 'source': opts['articles'] = arts
+        if st == 'source': opts['articles'] = arts.scan() if isinstance(arts, Stored) else arts
         h = _hash(st, h, nation, lang, seed, {k: v for k, v in opts.items() if k != 'articles'}, gen.hash if _uses_gen(st, opts) else None)
         path = stage_file(out, st)
         if stage_hash(path) == h and (out/'quarantine'/f'{st}.parquet').exists():
-            frame = pl.read_parquet(path); continue                                 # done before: resume after it
+            frame = Stored([path]) if isinstance(arts, Stored) and st in STREAMED else pl.read_parquet(path); continue   # done before: resume after it
         if st not in todo:
             why = 'does not exist' if not path.exists() else 'was made from other inputs or settings'
             raise ValueError(f"stage {st}: {path} {why}; run it (--stages {st},{todo[0]})")
-        inp = frame.filter(pl.col('kept')).drop('kept') if 'kept' in frame.columns else frame
+        if isinstance(frame, Stored): inp = frame if frame is arts else Stored(frame.files, kept=True)
+        else: inp = frame.filter(pl.col('kept')).drop('kept') if 'kept' in frame.columns else frame
+        if isinstance(inp, Stored) and st not in STREAMED: inp = inp.collect()
         t0, c0 = time.perf_counter(), time.process_time()
-        frame, q = stage_fn(st)(inp, gen if _uses_gen(st, opts) else None, nation=nation, lang=lang, seed=seed, progress=progress, **opts)
-        _log_time(out, st, time.perf_counter() - t0, time.process_time() - c0, len(inp))
+        kw = dict(nation=nation, lang=lang, seed=seed, progress=progress, **opts)
+        if isinstance(inp, Stored):
+            tmp = path.with_name(path.name + '.streaming')
+            q, n_in = _run_streamed(st, inp, gen if _uses_gen(st, opts) else None, tmp, h, out, chunk_rows, **kw)
+        else: (frame, q), n_in = stage_fn(st)(inp, gen if _uses_gen(st, opts) else None, **kw), len(inp)
+        _log_time(out, st, time.perf_counter() - t0, time.process_time() - c0, n_in)
         q = q.select([pl.col(c).cast(t) if c in q.columns else pl.lit(None, t).alias(c) for c, t in QCOLS.items()])
-        n_in = len(inp)
         atomic_write(out/'quarantine'/f'{st}.parquet', lambda t: q.with_columns(pl.lit(st).alias('stage'), pl.lit(n_in).alias('n_in')).write_parquet(t))
-        _write_stage(path, frame, h)                                                # the commit mark of the stage
+        if isinstance(inp, Stored): os.replace(tmp, path); frame = Stored([path])   # the commit mark of the stage
+        else: _write_stage(path, frame, h)
         ran.add(st)
     counts = run_counts(out, lc)
     atomic_write(out/'counts.json', lambda t: Path(t).write_text(json.dumps(counts, indent=1) + '\n'))
@@ -217,6 +294,12 @@ def extract(corpus, nation: str, out, generator=None, stages=None, seed: int = 0
     return counts
 
 # %% ../nbs/09_extract.ipynb #296af039
+def _count_cols(path) -> list:
+    "The columns of a stage file that its counts read (not the article texts a streamed corpus's stage files carry)."
+    import pyarrow.parquet as pq
+    names = pq.read_schema(path).names
+    return [c for c in ('kept', 'drop_reason', 'removed_reason', 'screen_p_yes') if c in names] or names[:1]
+
 def run_counts(out, load_counts: dict | None = None) -> dict:
     "counts.json of a run folder, read back from its stored stages and quarantine parts."
     out, c = Path(out), {}
@@ -225,18 +308,19 @@ def run_counts(out, load_counts: dict | None = None) -> dict:
         p, qp = stage_file(out, st), out/'quarantine'/f'{st}.parquet'
         if not p.exists() or not qp.exists(): continue
         q = pl.read_parquet(qp)
-        f = pl.read_parquet(p)
+        f = pl.read_parquet(p, columns=_count_cols(p))
         c[st] = stage_counts(f, q, int(q['n_in'][0]) if len(q) else len(f))
     return c
 
 # %% ../nbs/09_extract.ipynb #10d504ed
-def write_outputs(out, articles: pl.DataFrame | None = None, samples: pl.DataFrame | None = None) -> pl.DataFrame:
+def write_outputs(out, articles: pl.DataFrame | Stored | None = None, samples: pl.DataFrame | None = None) -> pl.DataFrame:
     "DIR/samples.parquet (the kept samples), DIR/navab_format.json and DIR/dpo_pairs.jsonl, from the samples stage (or `samples`)."
     from navab.samples import to_navab_format, to_dpo_pairs
     out = Path(out)
     s = samples if samples is not None else pl.read_parquet(stage_file(out, 'samples'))
     if 'kept' in s.columns: s = s.filter(pl.col('kept'))
     if 'text' not in s.columns and articles is not None and 'article_id' in s.columns:
+        if isinstance(articles, Stored): articles = articles.scan().filter(pl.col('id').is_in(s['article_id'].unique().to_list())).select('id', 'text').collect()
         s = s.join(articles.select(pl.col('id').alias('article_id'), 'text'), on='article_id', how='left')
     atomic_write(out/'samples.parquet', lambda t: s.drop([c for c in ('kept', 'text') if c in s.columns]).write_parquet(t))
     to_navab_format(s, out/'navab_format.json')

@@ -163,10 +163,12 @@ def speaker_grounded(speaker: str | None, text: str | None, lang: str) -> bool:
     return re.search(rf"\b{re.escape(speaker.split()[-1].lower())}\b", text.lower()) is not None
 
 def source(df: pl.DataFrame, gen, *, nation: str, lang: str, seed: int = 0, progress: bool = True,
-           articles: pl.DataFrame | None = None, llm_weight: float = 0.5, ask_speaker: bool = True) -> tuple:
+           articles: pl.DataFrame | pl.LazyFrame | None = None, llm_weight: float = 0.5, ask_speaker: bool = True) -> tuple:
     "(frame, quarantine): every statement with source_type, speaker, source_cue, source_p_quoted (and p_cue, p_llm), kept."
     from navab.conflict import _empty_quarantine
     if articles is not None and 'text' not in df.columns:
+        if isinstance(articles, pl.LazyFrame):   # a streamed corpus: read the texts of these statements' articles only
+            articles = articles.filter(pl.col('id').is_in(df['article_id'].unique().to_list())).select('id', 'text').collect()
         df = df.join(articles.select(pl.col('id').alias('article_id'), 'text'), on='article_id', how='left')
     ok = [isinstance(v, str) and bool(v.strip()) for v in df['statement']] if 'statement' in df.columns else [False] * len(df)
     q = [dict(row=str(r.get('id')), stage='source', reason='missing or empty statement', raw=str(r.get('statement')))

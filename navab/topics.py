@@ -13,9 +13,10 @@ import polars as pl
 from .settings import repo_root
 
 # %% auto #0
-__all__ = ['LANGS', 'EMBEDDERS', 'EMBEDDING', 'MIN_DOCS', 'LABEL_PROMPTS', 'QUARANTINE_COLS', 'TOPIC_COLS', 'stop_words',
-           'tokenize', 'TfidfLSA', 'MiniLM', 'GemmaPool', 'embedder', 'topic_params', 'tokenize_many', 'TopicModel',
-           'fit_topics', 'llm_labels', 'assign_topics', 'score_topics', 'compare_embeddings']
+__all__ = ['LANGS', 'EMBEDDERS', 'EMBEDDING', 'MIN_DOCS', 'LABEL_PROMPTS', 'QUARANTINE_COLS', 'TOPIC_COLS', 'FIT_OPTS',
+           'stop_words', 'tokenize', 'TfidfLSA', 'MiniLM', 'GemmaPool', 'embedder', 'topic_params', 'tokenize_many',
+           'TopicModel', 'fit_sample', 'fit_model', 'fit_topics', 'llm_labels', 'assign_topics', 'score_topics',
+           'compare_embeddings', 'topics_streamed']
 
 # %% ../nbs/07_topics.ipynb #0b9b06f6
 LANGS = ('zh', 'en', 'fr', 'de')
@@ -227,31 +228,29 @@ def _bertopic(n, seed, min_topic_size, top_n):
                     vectorizer_model=CountVectorizer(token_pattern=r'\S+', lowercase=False),
                     ctfidf_model=ClassTfidfTransformer(reduce_frequent_words=True), top_n_words=top_n, verbose=False)
 
-def fit_topics(texts, lang: str, *, tokens=None, seed: int = 0, embedding: str | None = None, max_fit: int = 5000,
-               min_topic_size: int | None = None, top_n: int = 8, progress: bool = True):
-    "Fit a `TopicModel` on documents of one language; returns it with each document's topic and outlier flag."
-    texts = list(texts)
-    tokens = tokenize_many(texts, lang, progress) if tokens is None else tokens
-    joined = [' '.join(t) for t in tokens]
-    n = len(texts)
-    if n < MIN_DOCS:
-        words = [w for w, _ in Counter(w for t in tokens for w in t).most_common(top_n)]
-        tm = TopicModel(lang, seed, 'single', embedder(lang, embedding, seed), None, {0: words}, {0: _keyword_label(words, lang)}, {0: 'keywords'})
-        return tm, np.zeros(n, int), np.zeros(n, bool)
-    fit_idx = np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False)) if n > max_fit else np.arange(n)
-    ftexts, fjoined = [texts[i] for i in fit_idx], [joined[i] for i in fit_idx]
+def fit_sample(n: int, max_fit: int, seed: int = 0) -> np.ndarray:
+    "The sorted indices of the documents a topic model is fitted on: all `n`, or a seeded sample of `max_fit`."
+    return np.sort(np.random.default_rng(seed).choice(n, max_fit, replace=False)) if n > max_fit else np.arange(n)
+
+def _single(tm, words, lang, top_n):
+    "Make `tm` a one-topic model labelled by the most frequent of `words` (a Counter)."
+    kw = [w for w, _ in words.most_common(top_n)]
+    tm.method, tm.model, tm.keywords, tm.labels, tm.label_source = 'single', None, {0: kw}, {0: _keyword_label(kw, lang)}, {0: 'keywords'}
+    return tm
+
+def fit_model(ftexts, fjoined, lang: str, n: int, *, words, seed: int = 0, embedding: str | None = None, min_topic_size: int | None = None,
+              top_n: int = 8, progress: bool = True):
+    "A `TopicModel` fitted on the sampled documents of a corpus of `n` (`words()`: the corpus's token Counter, asked for only when no cluster is found); returns it with the sample's topics and outlier flags."
     emb = embedder(lang, embedding, seed).fit(fjoined if EMBEDDERS[embedding or EMBEDDING.get(lang, 'tfidf')].reads == 'tokens' else ftexts)
-    tm = TopicModel(lang, seed, 'bertopic' if n <= max_fit else 'bertopic-sample', emb)
+    tm = TopicModel(lang, seed, 'bertopic' if n <= len(fjoined) else 'bertopic-sample', emb)
     E = tm.embed(ftexts, fjoined, progress=progress)
-    m = _bertopic(len(fit_idx), seed, min_topic_size, top_n)
+    m = _bertopic(len(fjoined), seed, min_topic_size, top_n)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         t = np.asarray(m.fit_transform(fjoined, E)[0])
         out = t == -1
         if len(set(t) - {-1}) == 0:  # HDBSCAN found no cluster: one topic
-            words = [w for w, _ in Counter(w for x in tokens for w in x).most_common(top_n)]
-            tm.method, tm.keywords, tm.labels, tm.label_source = 'single', {0: words}, {0: _keyword_label(words, lang)}, {0: 'keywords'}
-            return tm, np.zeros(n, int), np.ones(n, bool)
+            return _single(tm, words(), lang, top_n), np.zeros(len(t), int), np.ones(len(t), bool)
         ids = sorted(set(t.tolist()) - {-1})
         tm.keywords = {k: [] for k in ids}
         tm.centroids = _centroids(E, t, ids)
@@ -262,11 +261,27 @@ def fit_topics(texts, lang: str, *, tokens=None, seed: int = 0, embedding: str |
     for k in sorted(set(t.tolist())):
         tm.keywords[k] = [w for w, s in m.get_topic(k) if w][:top_n]
         tm.labels[k], tm.label_source[k] = _keyword_label(tm.keywords[k], lang), 'keywords'
-    if n <= max_fit: return tm, t.astype(int), out
+    return tm, t.astype(int), out
+
+def fit_topics(texts, lang: str, *, tokens=None, seed: int = 0, embedding: str | None = None, max_fit: int = 5000,
+               min_topic_size: int | None = None, top_n: int = 8, progress: bool = True, assign_batch: int = 2000):
+    "Fit a `TopicModel` on documents of one language (a seeded sample of `max_fit` when there are more); returns it with each document's topic and outlier flag."
+    texts = list(texts)
+    tokens = tokenize_many(texts, lang, progress) if tokens is None else tokens
+    joined = [' '.join(t) for t in tokens]
+    n = len(texts)
+    words = lambda: Counter(w for t in tokens for w in t)
+    if n < MIN_DOCS: return _single(TopicModel(lang, seed, 'single', embedder(lang, embedding, seed)), words(), lang, top_n), np.zeros(n, int), np.zeros(n, bool)
+    idx = fit_sample(n, max_fit, seed)
+    tm, t, out = fit_model([texts[i] for i in idx], [joined[i] for i in idx], lang, n, words=words, seed=seed, embedding=embedding,
+                           min_topic_size=min_topic_size, top_n=top_n, progress=progress)
+    if tm.method == 'single': return tm, np.zeros(n, int), np.ones(n, bool)
+    if n <= max_fit: return tm, t, out
     topics, outl = np.zeros(n, int), np.zeros(n, bool)
-    for b in _progress(list(_batches(np.arange(n), 2000)), progress, 'assign'):
+    for b in _progress(list(_batches(np.arange(n), assign_batch)), progress, 'assign'):
         topics[b], outl[b] = tm.assign([texts[i] for i in b], [joined[i] for i in b])
     return tm, topics, outl
+
 
 # %% ../nbs/07_topics.ipynb #1e55ff43
 LABEL_PROMPTS = {
@@ -306,28 +321,25 @@ TOPIC_COLS = {'topic': pl.Int64, 'topic_label': pl.String, 'topic_keywords': pl.
 def _doc(title, text) -> str:
     return f"{title}\n{text}" if title else (text or '')
 
-def assign_topics(articles: pl.DataFrame, gen=None, *, nation: str, lang: str, seed: int = 0, progress: bool = True, **opts):
-    "Topics stage: `(frame, quarantine)`; frame = articles + topic, topic_label, topic_keywords and audit columns, kept=True; articles without content words are quarantined."
+def _topic_input(articles: pl.DataFrame, nation: str, lang: str, progress: bool = True) -> tuple:
+    "ids, documents (title + text) and tokens of articles, and the quarantine of those with nothing to model."
     if 'text' not in articles.columns: raise ValueError(f"topics: articles for {nation} have no 'text' column (columns: {', '.join(articles.columns)})")
     if lang not in LANGS: raise ValueError(f"topics: language {lang!r} of {nation} is not one of {', '.join(LANGS)}")
     ids = articles['id'].cast(pl.String).to_list() if 'id' in articles.columns else [str(i) for i in range(1, len(articles) + 1)]
     titles = articles['title'].to_list() if 'title' in articles.columns else [None] * len(articles)
     texts = [_doc(h, x) for h, x in zip(titles, articles['text'].to_list())]
-    body = articles['text'].to_list()
     tokens = tokenize_many(texts, lang, progress)
     bad = []
-    for i, (x, t) in enumerate(zip(body, tokens)):
+    for i, (x, t) in enumerate(zip(articles['text'].to_list(), tokens)):
         if x is None or not str(x).strip(): bad.append((i, 'empty text'))
         elif not t: bad.append((i, f'no content words in {lang} after tokenisation (only stop words, numbers or another script)'))
     q = pl.DataFrame([{'row': ids[i], 'stage': 'topics', 'reason': r, 'raw': (texts[i] or '')[:500]} for i, r in bad], schema=QUARANTINE_COLS)
     keep = np.ones(len(articles), bool); keep[[i for i, _ in bad]] = False
-    good = articles.filter(pl.Series(keep))
-    if not len(good): return good.with_columns(*[pl.lit(None, dtype=d).alias(c) for c, d in TOPIC_COLS.items()]), q
-    idx = np.flatnonzero(keep)
-    fit_opts = {k: opts[k] for k in ('embedding', 'max_fit', 'min_topic_size', 'top_n') if k in opts}
-    tm, topics, outlier = fit_topics([texts[i] for i in idx], lang, tokens=[tokens[i] for i in idx], seed=seed, progress=progress, **fit_opts)
-    if gen is not None and opts.get('llm_labels', True): llm_labels(tm, gen, seed=seed, progress=progress)
-    frame = good.with_columns(
+    return texts, tokens, keep, q
+
+def _topic_frame(good: pl.DataFrame, tm: TopicModel, topics, outlier) -> pl.DataFrame:
+    "The stage's frame: the articles with their topic, label, keywords and audit columns, kept."
+    return good.with_columns(
         pl.Series('topic', topics, dtype=pl.Int64),
         pl.Series('topic_label', [tm.labels[k] for k in topics], dtype=pl.String),
         pl.Series('topic_keywords', [tm.keywords[k] for k in topics], dtype=pl.List(pl.String)),
@@ -335,7 +347,20 @@ def assign_topics(articles: pl.DataFrame, gen=None, *, nation: str, lang: str, s
         pl.lit(tm.method).alias('topic_method'), pl.lit(tm.embedder.name).alias('topic_embedding'),
         pl.Series('topic_label_source', [tm.label_source[k] for k in topics], dtype=pl.String),
         pl.lit(True).alias('kept'))
-    return frame, q
+
+FIT_OPTS = ('embedding', 'max_fit', 'min_topic_size', 'top_n', 'assign_batch')
+
+def assign_topics(articles: pl.DataFrame, gen=None, *, nation: str, lang: str, seed: int = 0, progress: bool = True, **opts):
+    "Topics stage: `(frame, quarantine)`; frame = articles + topic, topic_label, topic_keywords and audit columns, kept=True; articles without content words are quarantined."
+    texts, tokens, keep, q = _topic_input(articles, nation, lang, progress)
+    good = articles.filter(pl.Series(keep))
+    if not len(good): return good.with_columns(*[pl.lit(None, dtype=d).alias(c) for c, d in TOPIC_COLS.items()]), q
+    idx = np.flatnonzero(keep)
+    tm, topics, outlier = fit_topics([texts[i] for i in idx], lang, tokens=[tokens[i] for i in idx], seed=seed, progress=progress,
+                                     **{k: opts[k] for k in FIT_OPTS if k in opts})
+    if gen is not None and opts.get('llm_labels', True): llm_labels(tm, gen, seed=seed, progress=progress)
+    return _topic_frame(good, tm, topics, outlier), q
+
 
 # %% ../nbs/07_topics.ipynb #e4064e13
 def score_topics(pred, truth) -> dict:
@@ -364,3 +389,59 @@ def compare_embeddings(nations=('CN', 'US', 'UK', 'FR', 'DE'), methods=('tfidf',
                                  outliers=int(f['topic_outlier'].sum()), **score_topics(j['topic'], j['truth'])))
                 if progress: print(rows[-1], flush=True)
     return pl.DataFrame(rows)
+
+# %% ../nbs/07_topics.ipynb #ef6b54d8
+def _good_batches(tmp, rows: int, columns=None):
+    "The modelled documents of a tokenised file (`topics_streamed`), `rows` at a time, in order (only `columns` when given)."
+    from navab.data import parquet_batches
+    pend = None
+    for rb in parquet_batches(tmp, rows, columns=None if columns is None else [*columns, '_good']):
+        g = pl.from_arrow(rb).filter(pl.col('_good'))
+        pend = g if pend is None else pl.concat([pend, g])
+        while len(pend) >= rows: yield pend.head(rows); pend = pend.slice(rows)
+    if pend is not None and len(pend): yield pend
+
+def _rows_at(tmp, idx, rows: int, columns=None) -> pl.DataFrame:
+    "The modelled documents of a tokenised file at sorted positions `idx` (counted over modelled documents), read `rows` at a time."
+    out, start = [], 0
+    for g in _good_batches(tmp, rows, columns):
+        k = idx[(idx >= start) & (idx < start + len(g))] - start
+        if len(k): out.append(g[k.tolist()])
+        start += len(g)
+    return pl.concat(out)
+
+def _assign_stream(tmp, tm: TopicModel, n: int, batch: int, progress: bool):
+    "The stage's frame for the modelled documents of `tmp`, `batch` at a time (as `fit_topics` assigns them)."
+    for g in _progress(_good_batches(tmp, batch), progress, 'assign', total=-(-n // batch)):
+        if tm.model is None: t, o = np.zeros(len(g), int), np.ones(len(g), bool)
+        else: t, o = tm.assign(g['_doc'].to_list(), [' '.join(x) for x in g['_tokens']])
+        yield _topic_frame(g.drop('_doc', '_tokens', '_good'), tm, t, o)
+
+def topics_streamed(chunks, tmp, gen=None, *, nation: str, lang: str, seed: int = 0, progress: bool = True, **opts) -> tuple:
+    "The topics stage over article `chunks` in bounded memory (tokens kept in Parquet file `tmp`): `(quarantine, n_in, frames)`, frames an iterator equal, concatenated, to `assign_topics`'s frame."
+    import pyarrow.parquet as pq
+    fo = {k: opts[k] for k in FIT_OPTS if k in opts}
+    max_fit, batch = fo.get('max_fit', 5000), fo.get('assign_batch', 2000)
+    qs, n_in, n_good, w = [], 0, 0, None
+    try:
+        for ch in _progress(chunks, progress, 'tokenise'):
+            texts, tokens, keep, q = _topic_input(ch, nation, lang, progress=False)
+            t = ch.with_columns(pl.Series('_doc', texts, pl.String), pl.Series('_tokens', tokens, pl.List(pl.String)), pl.Series('_good', keep)).to_arrow()
+            if w is None: w = pq.ParquetWriter(tmp, t.schema)
+            w.write_table(t.cast(w.schema))
+            qs.append(q); n_in += len(ch); n_good += int(keep.sum())
+    finally:
+        if w is not None: w.close()
+    q = pl.concat(qs) if qs else pl.DataFrame(schema=QUARANTINE_COLS)
+    if not n_good: return q, n_in, iter(())
+    if n_good <= max_fit:                 # the whole modelled corpus is the sample: the stage as it runs in memory
+        g = pl.scan_parquet(tmp).filter(pl.col('_good')).collect()
+        tm, t, o = fit_topics(g['_doc'].to_list(), lang, tokens=g['_tokens'].to_list(), seed=seed, progress=progress, **fo)
+        if gen is not None and opts.get('llm_labels', True): llm_labels(tm, gen, seed=seed, progress=progress)
+        return q, n_in, iter([_topic_frame(g.drop('_doc', '_tokens', '_good'), tm, t, o)])
+    s = _rows_at(tmp, fit_sample(n_good, max_fit, seed), batch, ['_doc', '_tokens'])
+    words = lambda: Counter(x for g in _good_batches(tmp, batch, ['_tokens']) for ts in g['_tokens'] for x in ts)
+    tm, _, _ = fit_model(s['_doc'].to_list(), [' '.join(x) for x in s['_tokens']], lang, n_good, words=words, seed=seed, progress=progress,
+                         **{k: v for k, v in fo.items() if k in ('embedding', 'min_topic_size', 'top_n')})
+    if gen is not None and opts.get('llm_labels', True): llm_labels(tm, gen, seed=seed, progress=progress)
+    return q, n_in, _assign_stream(tmp, tm, n_good, batch, progress)

@@ -70,3 +70,83 @@ def test_load_stage_streams_in_bounded_memory(tmp_path):
     # holding the texts would add at least the 7 more shards' bytes; the fixed cost (polars' reader, one batch) is in `one`
     assert r['peak'] < one['peak'] + 0.25 * size, f"peak {mib(r['peak'])} for a {mib(size)} corpus (one shard: {mib(one['peak'])})"
     assert pl.scan_parquet(tmp_path/'parts'/'nation=DE'/'*.parquet').select(pl.len()).collect().item() == n // 2
+
+
+class _Dies(EchoGenerator):
+    "EchoGenerator (same name and hash, so a rerun resumes) that raises on its `n`-th scoring call: a run killed mid-stage."
+    def __init__(self, lang, n):
+        super().__init__(lang); self.n = n
+    def choose(self, prompts, options, progress=True):
+        self.n -= 1
+        if self.n == 0: raise KeyboardInterrupt('killed')
+        return super().choose(prompts, options, progress)
+
+
+def test_streamed_stages_equal_in_memory_and_resume(tmp_path):
+    """A streamed corpus (Parquet shards through a glob): topics (fitted on a 24-article sample, assigned 8 at a time) and
+    statements read the articles 7 at a time and give the frames, samples and counts of the run that holds the whole
+    corpus in memory; a run killed inside the streamed statements stage, restarted, gives the same again."""
+    one = ROOT/'data'/'demo'/'corpus'/'FR.jsonl'
+    df = pl.read_ndjson(one)
+    (tmp_path/'sh').mkdir()
+    for k, part in enumerate(df.iter_slices(len(df) // 3 + 1)): part.write_parquet(tmp_path/'sh'/f'fr-{k}.parquet')
+    opts = {'topics': {'embedding': 'tfidf', 'max_fit': 24, 'assign_batch': 8}}
+    kw = dict(nation='FR', progress=False, seed=0, options=opts)
+    ref = extract(one, out=tmp_path/'mem', generator=EchoGenerator('fr'), **kw)
+    glob = f"{tmp_path}/sh/*.parquet"
+    got = extract(glob, out=tmp_path/'st', generator=EchoGenerator('fr'), chunk_rows=7, **kw)
+    assert got == ref and ref['topics']['in'] == len(df) == 40 and ref['samples']['out'] > 0
+    for st in ('topics', 'statements', 'screen', 'samples_all', 'samples'):
+        a, b = pl.read_parquet(tmp_path/'mem'/f'{st}.parquet'), pl.read_parquet(tmp_path/'st'/f'{st}.parquet')
+        assert a.equals(b), st
+    assert pl.read_parquet(tmp_path/'st'/'topics.parquet')['topic_method'][0] == 'bertopic-sample'
+    assert not list((tmp_path/'st').glob('*.streaming')) and not (tmp_path/'st'/'topics.tokens.parquet').exists()
+    # killed on its 2nd scoring call: inside the streamed statements stage (tfidf topics ask the generator nothing)
+    try: extract(glob, out=tmp_path/'kill', generator=_Dies('fr', 2), chunk_rows=7, **kw); raise AssertionError('the run was not killed')
+    except KeyboardInterrupt: pass
+    assert (tmp_path/'kill'/'topics.parquet').exists() and not (tmp_path/'kill'/'statements.parquet').exists()
+    assert (tmp_path/'kill'/'statements.parquet.streaming').exists()     # the half-written stage is no stage
+    m = (tmp_path/'kill'/'topics.parquet').stat().st_mtime_ns
+    assert extract(glob, out=tmp_path/'kill', generator=EchoGenerator('fr'), chunk_rows=7, **kw) == ref
+    assert (tmp_path/'kill'/'topics.parquet').stat().st_mtime_ns == m, 'the finished topics stage was redone'
+    assert pl.read_parquet(tmp_path/'kill'/'samples.parquet').equals(pl.read_parquet(tmp_path/'mem'/'samples.parquet'))
+
+
+_PEAK_EXTRACT = textwrap.dedent('''
+    import json, re, sys
+    from navab.extract import extract, EchoGenerator
+    c = extract(sys.argv[1], 'FR', sys.argv[2], generator=EchoGenerator('fr'), stages='topics,statements', progress=False, chunk_rows=2000,
+                options={'topics': {'embedding': 'tfidf', 'max_fit': 1000}})
+    hwm = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024
+    print(json.dumps(dict(peak=hwm, counts=c)))
+''')
+
+
+def test_topics_and_statements_stream_in_bounded_memory(tmp_path):
+    """Synthetic French articles (~2 KB each, Parquet shards of 3,000): a streamed corpus's load, topics (fitted on 1,000
+    of them) and statements hold one chunk, the sample and the model, not the corpus: 48k articles peak no higher than
+    24k (plus a quarter of the added texts' bytes, which holding them would cost at least once over)."""
+    rng = np.random.default_rng(0)
+    words = ['droit', 'état', 'école', 'santé', 'travail', 'impôt', 'climat', 'énergie', 'ville', 'nation', 'famille', 'liberté',
+             'justice', 'armée', 'marché', 'culture', 'science', 'langue', 'région', 'budget']
+    vocab = np.array(words + [''.join(rng.choice(list('abcdefghijklmnopqrstuvwxyz'), rng.integers(4, 10))) for _ in range(3000)])
+    m, per = 3000, 16
+    for k in range(per):
+        topic = rng.integers(0, 4, m)            # four topics: half of the 300 words from the topic's own quarter of the vocabulary
+        w = np.where(rng.random((m, 300)) < 0.5, vocab[(topic[:, None] * 750 + rng.integers(0, 750, (m, 300))) % len(vocab)],
+                     vocab[rng.integers(0, len(vocab), (m, 300))])
+        for d in (['half', 'all'] if k < per // 2 else ['all']):
+            (tmp_path/d).mkdir(exist_ok=True)
+            pl.DataFrame(dict(id=[f'a{k}-{i}' for i in range(m)], nation=['FR'] * m, text=[' '.join(x) + '.' for x in w])).write_parquet(tmp_path/d/f'part-{k:02d}.parquet')
+    # one allocator arena and one numba thread: the peak is then the same from run to run (within a few MiB)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MALLOC_ARENA_MAX='2', NUMBA_NUM_THREADS='1', OMP_NUM_THREADS='1')
+    run = lambda *a: json.loads(subprocess.run([sys.executable, '-c', _PEAK_EXTRACT, *a], env=env, capture_output=True, text=True, check=True).stdout)
+    half, full = run(f"{tmp_path}/half/*.parquet", str(tmp_path/'o1')), run(f"{tmp_path}/all/*.parquet", str(tmp_path/'o2'))
+    n = m * per
+    assert (half['counts']['topics']['in'], full['counts']['topics']['in']) == (n // 2, n), full['counts']['topics']
+    assert full['counts']['statements']['in'] == full['counts']['topics']['out'] and all(c['balanced'] for c in full['counts'].values())
+    added = pl.scan_parquet(tmp_path/'all'/'*.parquet').select(pl.col('text').str.len_bytes().sum()).collect().item() / 2
+    mib = lambda b: f"{b / 2**20:.0f} MiB"
+    print(f"topics + statements, streamed: {n // 2} articles peak at {mib(half['peak'])}, {n} at {mib(full['peak'])} "
+          f"(the added {n // 2} articles' texts: {mib(added)})")
+    assert full['peak'] - half['peak'] < 0.25 * added, f"doubling the corpus raised the peak by {mib(full['peak'] - half['peak'])}: not streaming"
