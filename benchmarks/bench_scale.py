@@ -8,6 +8,8 @@ Usage:  nice -n 5 .venv/bin/python benchmarks/bench_scale.py [--articles 50000] 
    validated and written as Parquet partitioned by nation and shard (`navab.data.write_partitions`, the load stage of
    `navab extract` for sharded corpora) in a subprocess; articles per CPU-second of that process is the per-core rate.
    The floor beside it: reading the same bytes and `json.loads` of every line, nothing else, in the same process.
+   Then the streamed topics stage (`navab extract --stages topics` on the glob) for the UK's fifth of the corpus, with
+   the language's default embedder: articles per CPU-second and peak RSS.
 2. Scoring: the same MC requests (2 per sample: the question with both options, scored on the answer letter) are scored
    in-process by navab's engine (batched), and over HTTP against `navab serve` (started here on 127.0.0.1, stopped
    after) one request at a time and with 2 concurrent clients. The lm-eval payload (echo + logprobs, max_tokens 1) is
@@ -77,6 +79,32 @@ def bench_extract(n: int) -> dict:
     st = run('stage', str(d / '*.jsonl'), str(OUT / f'scale-{n}-parts'))
     assert st['n'] == floor['n'] == n, (st, floor, n)
     return dict(articles=n, bytes=size, stage=st, floor=floor, stage_per_core=n / st['cpu'], floor_per_core=n / floor['cpu'])
+
+
+_TOPICS = r'''
+import json, re, resource, sys, time
+from navab.extract import extract, EchoGenerator
+t = time.time(); r0 = resource.getrusage(resource.RUSAGE_SELF)
+c = extract(sys.argv[1], sys.argv[2], sys.argv[3], generator=EchoGenerator('en'), stages='topics', progress=False)
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+hwm = int(re.search(r'VmHWM:\s+(\d+) kB', open('/proc/self/status').read()).group(1)) * 1024
+print(json.dumps(dict(wall=time.time() - t, cpu=(r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), n=c['topics']['in'], peak=hwm,
+                      timings=json.load(open(sys.argv[3] + '/timings.json')))))
+'''
+
+
+def bench_topics(n: int, nation: str = 'UK') -> dict:
+    "The streamed load + topics stages (tokenise, embed with the language's default embedder, fit on a 5,000 sample, assign) for one nation of the synthetic corpus: CPU seconds per article and peak RSS."
+    import shutil
+    d = corpus(n)
+    out = OUT / f'scale-{n}-topics'
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = json.loads(subprocess.run([sys.executable, '-c', _TOPICS, str(d / '*.jsonl'), nation, str(out)], env=env, check=True,
+                                  capture_output=True, text=True).stdout)
+    t = r['timings']['topics']
+    return dict(nation=nation, articles=r['n'], peak=r['peak'], wall=r['wall'], cpu=r['cpu'], topics_cpu=t['cpu_seconds'], topics_wall=t['seconds'],
+                per_core=r['n'] / t['cpu_seconds'])
 
 
 def _free_port() -> int:
@@ -171,10 +199,12 @@ def project(ex: dict, sc: dict, cores: int, llm: dict | None = None, generator: 
     rows.append(('extraction, load stage (read, validate, partition), 10M articles', n_art / per_core / 3600))
     notes.append(f"load stage: {per_core:,.0f} articles per CPU-second measured on {ex['articles']:,} synthetic articles of "
                  f"{ex['bytes'] / ex['articles']:,.0f} bytes (NaVAB's news articles are assumed of that order); linear in articles")
-    bench = OUT / 'bench_extract.json'
-    if bench.is_file():
-        notes.append(f"tokenise/embed/topics: see {bench.relative_to(ROOT)} (benchmarks/bench_extract.py), not re-measured here")
-    else: notes.append("tokenise/embed/topics per-core rates: run benchmarks/bench_extract.py (make bench); not included here")
+    if tp := ex.get('topics'):
+        rows.append((f"extraction, topics stage (tokenise, embed, fit on 5,000, assign), 10M articles", n_art / tp['per_core'] / 3600))
+        notes.append(f"topics stage: {tp['per_core']:,.0f} articles per CPU-second, measured streamed on the {tp['articles']:,} {tp['nation']} "
+                     f"articles of the same corpus with that language's default embedder, peak RSS {tp['peak'] / 2**30:.1f} GiB (it does not "
+                     "grow with the corpus: tests/test_corpus.py); the fit on a 5,000-article sample is a fixed cost, so the rate is "
+                     "a lower bound at 10M")
     n_samples = sum(NAVAB_SAMPLES.values()) + NAVAB_SAMPLES['FR']
     n_req = 2 * n_samples * 10
     h = sc['http'][1]
@@ -226,6 +256,7 @@ def main(argv=None) -> int:
     else:
         load0 = os.getloadavg()[0]
         ex = bench_extract(a.articles)
+        ex['topics'] = bench_topics(a.articles)
         sc = bench_scoring(a.model, a.requests, a.url)
         r = dict(extract=ex, scoring=sc, load_avg=[load0, os.getloadavg()[0]], cpus=os.cpu_count(), cores=a.cores)
         res_path.write_text(json.dumps(r, indent=1))
@@ -235,6 +266,9 @@ def main(argv=None) -> int:
     print(f"  read+validate+partition  {ex['stage_per_core']:>10,.0f} articles/CPU-s   ({ex['stage']['cpu']:.1f} CPU s, {ex['stage']['wall']:.1f} s wall)")
     print(f"  floor: read+json.loads   {ex['floor_per_core']:>10,.0f} articles/CPU-s   ({ex['floor']['cpu']:.1f} CPU s): the stage is "
           f"{ex['floor_per_core'] / ex['stage_per_core']:.1f}x the floor's cost")
+    if tp := ex.get('topics'):
+        print(f"  topics, streamed ({tp['nation']}, {tp['articles']:,} articles) {tp['per_core']:>6,.0f} articles/CPU-s   ({tp['topics_cpu']:.1f} CPU s, "
+              f"{tp['topics_wall']:.1f} s wall, peak RSS {tp['peak'] / 2**30:.2f} GiB)")
     print(f"\nscoring {sc['inproc']['n']} MC requests with {sc['model']}:")
     print(f"  in-process (batch 16)    {sc['inproc']['n'] / sc['inproc']['cpu']:>8.1f} requests/CPU-s   ({sc['inproc']['wall']:.1f} s wall)")
     for c, v in sc['http'].items():

@@ -390,7 +390,7 @@ def compare_embeddings(nations=('CN', 'US', 'UK', 'FR', 'DE'), methods=('tfidf',
                 if progress: print(rows[-1], flush=True)
     return pl.DataFrame(rows)
 
-# %% ../nbs/07_topics.ipynb #ef6b54d8
+# %% ../nbs/07_topics.ipynb #8e6a0540
 def _good_batches(tmp, rows: int, columns=None):
     "The modelled documents of a tokenised file (`topics_streamed`), `rows` at a time, in order (only `columns` when given)."
     from navab.data import parquet_batches
