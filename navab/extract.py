@@ -352,7 +352,7 @@ class EchoGenerator(Generator):
 # %% ../nbs/09_extract.ipynb #42a97e83
 def _cmd_extract(a) -> int:
     c = extract(a.corpus, a.nation, a.out, generator=a.generator, stages=a.stages, seed=a.seed, limit=a.limit, progress=not a.quiet,
-                device=a.device, dtype=a.dtype, options={'conflict': {'reduce': False}} if a.no_conflict else None)
+                device=a.device, dtype=a.dtype, options={'conflict': {'reduce': False}} if a.no_conflict else None, chunk_rows=a.chunk_rows)
     for st, v in c.items(): print(f"{st:10s} in {v['in']:5d}  out {v['out']:5d}  dropped {v['dropped']:5d}  quarantined {v['quarantined']:5d}")
     print(f"wrote {a.out}")
     return 0 if all(v['balanced'] for v in c.values()) else 1
@@ -383,6 +383,7 @@ def add_cli(sub):
     p.add_argument('--stages', nargs='+', default=None, help=f"stages to run, of: {', '.join(STAGES)} (default: all)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--limit', type=int, default=None, help="only the first N articles of the nation")
+    p.add_argument('--chunk-rows', type=int, default=CHUNK_ROWS, help="a streamed corpus: articles read at a time by the topics and statements stages")
     from navab.models import device_args
     device_args(p)   # the local generator's
     p.add_argument('--no-conflict', action='store_true',
