@@ -252,7 +252,9 @@ def main(argv=None) -> int:
     os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     OUT.mkdir(parents=True, exist_ok=True)
     res_path = OUT / 'bench_scale.json'
-    if a.report: r = json.loads(res_path.read_text())
+    if a.report:
+        r = json.loads(res_path.read_text())
+        r['scoring']['http'] = {int(k): v for k, v in r['scoring']['http'].items()}   # JSON keys are strings
     else:
         load0 = os.getloadavg()[0]
         ex = bench_extract(a.articles)
