@@ -174,7 +174,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'navab.extract.Stored.chunks': ('extract.html#stored.chunks', 'navab/extract.py'),
                                'navab.extract.Stored.collect': ('extract.html#stored.collect', 'navab/extract.py'),
                                'navab.extract.Stored.scan': ('extract.html#stored.scan', 'navab/extract.py'),
-                               'navab.extract._chain': ('extract.html#_chain', 'navab/extract.py'),
                                'navab.extract._cmd_extract': ('extract.html#_cmd_extract', 'navab/extract.py'),
                                'navab.extract._cmd_review': ('extract.html#_cmd_review', 'navab/extract.py'),
                                'navab.extract._count_cols': ('extract.html#_count_cols', 'navab/extract.py'),

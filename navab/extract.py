@@ -208,7 +208,7 @@ CHUNK_ROWS = 20_000
 
 def _write_frames(path: Path, frames, h: str) -> int | None:
     "Write an iterator of frames into one Parquet file (hash `h` in its metadata), one frame in memory at a time: rows written, None when no frame came."
-    import pyarrow.parquet as pq
+    import itertools, pyarrow.parquet as pq
     it = iter(frames)
     first = next(it, None)
     if first is None: return None
@@ -216,13 +216,9 @@ def _write_frames(path: Path, frames, h: str) -> int | None:
     schema = t.schema.with_metadata({**(t.schema.metadata or {}), b'navab_hash': h.encode()})
     n = 0
     with pq.ParquetWriter(path, schema) as w:
-        for f in _chain(first, it):
+        for f in itertools.chain((first,), it):
             w.write_table(f.to_arrow().cast(schema)); n += len(f)
     return n
-
-def _chain(first, it):
-    "`first`, then the rest of iterator `it`."
-    yield first; yield from it
 
 def _run_streamed(st: str, inp: Stored, gen, tmp: Path, h: str, out: Path, rows: int, **kw) -> tuple:
     "Run stage `st` over `inp` chunk by chunk into Parquet file `tmp` (topics: fitted on a sample, see `topics_streamed`): (quarantine, rows in)."

@@ -131,8 +131,8 @@ def validate_records(records, kind: str, file: str = '<memory>', stage: str = 'r
             continue
         errs = [(f.name, e) for f in fields if (e := _check_value(f, rec.get(f.name), nations))]
         if not errs and 'id' in rec and any(f.name == 'id' for f in fields):
-            if rec['id'] in seen: errs = [('id', f"duplicate id {rec['id']!r} (first at {':'.join(map(str, seen[rec['id']])) if isinstance(seen[rec['id']], tuple) else seen[rec['id']]})")]
-            else: seen[rec['id']] = row if file == '<memory>' else (file, row)   # the file's one string, not a new one per id
+            if (at := seen.get(rec['id'])) is not None: errs = [('id', f"duplicate id {rec['id']!r} (first at {at[1] if at[0] == '<memory>' else f'{at[0]}:{at[1]}'})")]
+            else: seen[rec['id']] = (file, row)   # the file's one string, not a new one per id
         if errs:
             bad += [dict(file=file, row=row, stage=stage, field=k, reason=e, raw=_raw(rec)) for k, e in errs]
         else: good.append(rec)
