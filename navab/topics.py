@@ -322,7 +322,7 @@ def _doc(title, text) -> str:
     return f"{title}\n{text}" if title else (text or '')
 
 def _topic_input(articles: pl.DataFrame, nation: str, lang: str, progress: bool = True) -> tuple:
-    "ids, documents (title + text) and tokens of articles, and the quarantine of those with nothing to model."
+    "Documents (title + text) and tokens of articles, which of them are modelled, and the quarantine of those with nothing to model."
     if 'text' not in articles.columns: raise ValueError(f"topics: articles for {nation} have no 'text' column (columns: {', '.join(articles.columns)})")
     if lang not in LANGS: raise ValueError(f"topics: language {lang!r} of {nation} is not one of {', '.join(LANGS)}")
     ids = articles['id'].cast(pl.String).to_list() if 'id' in articles.columns else [str(i) for i in range(1, len(articles) + 1)]
