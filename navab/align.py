@@ -14,7 +14,7 @@ import polars as pl
 from . import __version__
 from .settings import load_settings, repo_root
 from .schema import atomic_write, quarantine_frame
-from .data import read_records, load_samples, read_opinions, _q
+from .data import read_records, load_samples, read_opinions, parse_release, _q
 from .models import resolve, sha256_file
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 
@@ -75,10 +75,11 @@ def _frame(rows: list) -> pl.DataFrame:
 
 # %% ../nbs/10a_align.ipynb #b12bca21
 def read_pairs(path: str | Path, nation: str, settings=None, max_chars: int = MAX_CHARS) -> tuple:
-    "Pairs from dpo_pairs.jsonl, a navab samples file, a NaVAB release file or GlobalOpinionQA: (pairs, quarantine, n_in), in = out + quarantined."
+    "Pairs from dpo_pairs.jsonl, a navab samples file, a NaVAB release file or name (`ID[:CONFIG[/SPLIT]]`) or GlobalOpinionQA: (pairs, quarantine, n_in), in = out + quarantined."
     S = settings or load_settings()
     nat = S.nation(nation); path = Path(path)
-    recs, bad = read_records(path)
+    rel = parse_release(path, nat.code)
+    recs, bad = ([], []) if rel else read_records(path)   # a release name: its rows come through load_samples
     first = next((r for _, r in recs if isinstance(r, dict)), {})
     if {'country', 'distribution'} <= set(first): P, Q, n_in = opinion_pairs(path, nat.code, S)
     elif {'prompt', 'chosen', 'rejected'} <= set(first):
@@ -98,7 +99,8 @@ def read_pairs(path: str | Path, nation: str, settings=None, max_chars: int = MA
         v = c.valid.filter(pl.col('nation') == nat.code)
         at = {str(r.get('id')): i for i, r in recs if isinstance(r, dict) and r.get('id') is not None}
         row = lambda sid: at.get(sid) or (int(m.group(1)) if (m := re.search(r'-(\d+)$', sid)) else None)   # release files: <stem>-<row>
-        rows = [dict(r, file=str(path), row=row(r['id'])) for r in v.iter_rows(named=True)]
+        where = (lambda r: f"{rel.source}:{rel.configs[0]}/{r['source_type']}") if rel else (lambda r: str(path))   # a release row: its config and split
+        rows = [dict(r, file=where(r), row=row(r['id'])) for r in v.iter_rows(named=True)]
         P, Q, n_in = _frame(rows), c.quarantine, c.n_in - (len(c.valid) - len(v))
     good, more = [], []
     for r in P.iter_rows(named=True):
@@ -424,7 +426,8 @@ def cmd_align(a) -> int:
 def add_cli(sub):
     "Add `navab align` to the `navab` command's subparsers."
     p = sub.add_parser('align', help='DPO toward a nation (LoRA by default), then base vs aligned on held-out pairs with CIs')
-    p.add_argument('--pairs', required=True, nargs='+', help="one or more files: dpo_pairs.jsonl, a navab samples file, a NaVAB release JSON or GlobalOpinionQA's eval.json")
+    p.add_argument('--pairs', required=True, nargs='+', help="one or more files: dpo_pairs.jsonl, a navab samples file, a NaVAB release JSON, the released NaVAB by name "
+                   "(JadenGGGeee/NaVAB[:CONFIG[/SPLIT]] or a folder in its layout) or GlobalOpinionQA's eval.json")
     p.add_argument('--model', required=True, help='an embedded name, a local folder or an HF id'); p.add_argument('--nation', required=True)
     p.add_argument('--out', required=True); p.add_argument('--method', default='dpo', choices=['dpo'])
     g = p.add_mutually_exclusive_group(); g.add_argument('--lora', action='store_true', default=True, help='LoRA adapter (default)')

@@ -2,6 +2,7 @@
 all five nations (a DatasetDict saved in the release's layout, offline), and a CUDA check where a GPU is present."""
 import csv, json, re
 from pathlib import Path
+import polars as pl
 import pytest
 import torch
 from navab.cli import main
@@ -190,3 +191,22 @@ def test_grid_takes_every_nation_from_one_name(release, tmp_path, monkeypatch):
     assert seen['nations'] == ['CN', 'US', 'UK', 'FR', 'DE'] and seen['dtype'] == 'bfloat16' and seen['device'] == 'auto'
     main(['grid', '--samples', f'{release}:French/quoted', '--models', 'x', '--out', str(tmp_path / 'g')])
     assert seen['nations'] == ['FR']
+
+
+def test_align_reads_the_release_by_name(release, tiny_long, tmp_path):
+    "navab align --pairs ID[:CONFIG[/SPLIT]]: the rows evaluate reads, each pair traced to its config, split and row; a tiny run trains on them."
+    from navab.align import read_pairs
+    P, Q, n = read_pairs(f'{release}:China', 'CN')                 # the real HK release rows, both splits
+    assert (n, len(P), Q.select('file', 'row').n_unique()) == (12, 11, 1)
+    assert Q.select('file', 'field').row(0) == (f'{release}:China/official', 'statement')
+    assert set(P['file']) == {f'{release}:China/quoted', f'{release}:China/official'} and P['row'].null_count() == 0
+    assert P.filter(pl.col('file').str.ends_with('/quoted'))['row'].sort().to_list() == list(range(1, 7))
+    P2, _, n2 = read_pairs(release, 'FR')                          # no config: the nation picks it
+    assert (n2, len(P2)) == (6, 6) and set(P2['nation']) == {'FR'} and set(P2['lang']) == {'fr'}
+    with pytest.raises(ValueError, match='config French is nation FR, not DE'):
+        read_pairs(f'{release}:French', 'DE')
+    out = tmp_path / 'al'
+    assert main(['align', '--pairs', f'{release}:French', '--model', str(tiny_long), '--nation', 'FR', '--out', str(out), '--steps', '2',
+                 '--save-steps', '2', '--batch-size', '2', '--methods', 'mc', '--no-progress', '--device', 'cpu']) == 0
+    s = json.loads((out / 'align.json').read_text())
+    assert s['counts']['pairs']['out'] == 6 and sum(r['n'] for r in s['results'] if r['arm'] == 'base') == 2, s['counts']
