@@ -219,6 +219,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'navab.grid._pair': ('grid.html#_pair', 'navab/grid.py'),
                             'navab.grid._prepared': ('grid.html#_prepared', 'navab/grid.py'),
                             'navab.grid._public': ('grid.html#_public', 'navab/grid.py'),
+                            'navab.grid._ray_align': ('grid.html#_ray_align', 'navab/grid.py'),
                             'navab.grid._ray_children': ('grid.html#_ray_children', 'navab/grid.py'),
                             'navab.grid._ray_eval': ('grid.html#_ray_eval', 'navab/grid.py'),
                             'navab.grid._ray_grid': ('grid.html#_ray_grid', 'navab/grid.py'),

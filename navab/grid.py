@@ -274,7 +274,7 @@ def align_job(job: dict) -> dict:
     name = f"align-{safe_name(label(model))}-{nation}"
     base = dict(kind='align', model=label(model), nation=nation)
     d = out/'align'/safe_name(label(model))/nation
-    opts = {**ALIGN_DEFAULTS, **(job.get('align_options') or {})}
+    opts = {**ALIGN_DEFAULTS, 'device': job.get('device') or 'auto', **(job.get('align_options') or {})}   # the grid's --device, unless the options say
     try: align(job['samples'], model, nation, d, seed=job.get('seed', 0), progress=False, log=lambda *a: None, **opts)
     except Exception as e:
         msg = f"align: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
@@ -337,6 +337,11 @@ def _ray_report(job: dict, *evals) -> dict:
     dirs = {m: d for e in evals for m, d in e['dirs'].items()}
     return _report_job(job, {m: Path(dirs[m]) for m in job['methods'] if m in dirs})   # the job's method order, as in-process
 
+def _ray_align(job: dict) -> dict:
+    "Ray task: align one model toward one nation and run its report (`align_job`): its record. A retried task resumes from the run's last checkpoint."
+    _kill_point(job, f"align-{safe_name(label(job['model']))}-{job['nation']}"); _in_cwd(job)
+    return align_job(job)
+
 def _ray_study(job: dict, runs: list) -> dict:
     "Ray task: the study report over all runs: its record."
     _kill_point(job, 'study'); _in_cwd(job)
@@ -373,8 +378,9 @@ def ray_start(address: str | None = None, num_cpus: int | None = None, tries: in
                        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs): {type(err).__name__}: {str(err).splitlines()[0]}")
 
 # %% ../nbs/10b_grid.ipynb #bd3bf502
-def _ray_grid(jobs: list, study: dict, address: str | None = None, gpus_per_run: float = 0, retries: int = 2, workers: int = 1, bar=None) -> tuple:
-    "Run the grid's jobs and then its study report as Ray tasks: (records of the runs, record of the study or None)."
+def _ray_grid(jobs: list, study: dict, address: str | None = None, gpus_per_run: float = 0, retries: int = 2, workers: int = 1, bar=None,
+              ajobs: list = ()) -> tuple:
+    "Run the grid's jobs, its alignment jobs (`ajobs`) and then its study report as Ray tasks: (records of the runs and alignments, record of the study or None)."
     try: import ray
     except ImportError as e: raise ImportError("--executor ray needs Ray: pip install 'navab[ray]'") from e
     started = not ray.is_initialized()
@@ -389,12 +395,17 @@ def _ray_grid(jobs: list, study: dict, address: str | None = None, gpus_per_run:
             for m in sorted(j['methods'], key=lambda m: m != 'mc'):   # MC first: robustness waits for it
                 ms[m] = ev.remote(j, m, *([ms['mc']] if m == 'robustness' and 'mc' in ms else []))
             refs[rp.remote(j, *ms.values())] = j
+        al = ray.remote(_ray_align).options(num_cpus=1, num_gpus=gpus_per_run or 0, max_retries=retries)   # training wants the GPU most
+        for j in ajobs: refs[al.remote(dict(j, **extra))] = dict(j, kind='align')
         recs, todo = [], list(refs)
         while todo:
             (ref,), todo = ray.wait(todo, num_returns=1)
             try: r = ray.get(ref)
             except Exception as e:   # the task (or one it waited for) was lost for good: the worker died more than `retries` times
-                name, base = _pair(refs[ref]); r = dict(_failed(refs[ref]['out'], name, base, f"ray: {_first(e)}"), runs=[])
+                j = refs[ref]
+                name, base = (f"align-{safe_name(label(j['model']))}-{j['nation']}", dict(kind='align', model=label(j['model']), nation=j['nation'])) \
+                    if j.get('kind') == 'align' else _pair(j)
+                r = dict(_failed(j['out'], name, base, f"ray: {_first(e)}"), runs=[])
             recs.append(r)
             if bar is not None: bar.update(); bar.set_postfix_str(f"{r['name']}: {r['status']}")
         runs, srec = [x for r in recs for x in r.get('runs', [])], None
@@ -457,7 +468,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     recs, bar = [], tqdm(total=len(jobs) + len(ajobs) + 1, desc='grid', disable=not progress)
     if executor == 'ray':
         recs, study = _ray_grid(jobs, dict(out=str(out), template=str(reports/'study.ipynb'), seed=seed, settings=str(S.path), no_input=no_input,
-                                           timeout=timeout), address, gpus_per_run, retries, workers, bar)
+                                           timeout=timeout), address, gpus_per_run, retries, workers, bar, ajobs)
     elif workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -467,7 +478,8 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     else:
         for j in jobs:
             recs.append(pair_job(j)); bar.update(); bar.set_postfix_str(f"{recs[-1]['name']}: {recs[-1]['status']}")
-    for j in ajobs: recs.append(align_job(j)); bar.update()
+    if executor == 'local':
+        for j in ajobs: recs.append(align_job(j)); bar.update()
     if executor == 'local':
         runs = [r for rec in recs for r in rec.get('runs', [])]
         study = _study_job(out, runs, reports/'study.ipynb', seed, S.path, no_input, timeout) if runs else None

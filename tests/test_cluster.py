@@ -71,3 +71,32 @@ def test_ray_grid_same_as_local_with_a_killed_worker(study, ray_local, tmp_path,
     assert rr['study']['status'] == 'ok'
     page = (tmp_path/'ray'/'index.html').read_text()
     assert '5 reports, 4 ok, 1 failed' in page and 'ray: ' in page
+
+
+def test_ray_grid_aligns_as_a_ray_task(study, ray_local, tmp_path, monkeypatch):
+    "--methods mc,align on Ray: the alignment runs as a Ray task (its worker killed once, retried) with the local executor's results and index row."
+    import numpy as np
+    from safetensors.numpy import load_file
+    kw = dict(models=study['kw']['models'][:1], nations=['DE'], samples={'DE': [_de_samples(tmp_path/'de.parquet')]}, methods=['mc', 'align'], seed=0,
+              progress=False, settings=study['dir']/'settings.ini', align_options=dict(steps=2, save_steps=2, batch_size=2, methods=['mc', 'pref']))
+    run_grid(out=tmp_path/'local', **kw)
+    marker = tmp_path/'killed'
+    monkeypatch.setenv('NAVAB_FAULT_KILL', f'align-tiny-a-DE@{marker}')
+    run_grid(out=tmp_path/'ray', executor='ray', retries=2, **kw)
+    assert marker.read_text() == 'align-tiny-a-DE', 'the fault hook killed the alignment worker'
+    loc, rr = _records(tmp_path/'local'), _records(tmp_path/'ray')
+    assert sorted(rr) == sorted(loc) == ['align-tiny-a-DE', 'run-tiny-a-DE', 'study']
+    assert all(r['status'] == 'ok' for r in rr.values()), {k: r.get('error') for k, r in rr.items()}
+    a, b = (json.loads((o/'align'/'tiny-a'/'DE'/'align.json').read_text()) for o in (tmp_path/'local', tmp_path/'ray'))
+    assert [(r['arm'], r['method'], r['n'], r['accuracy']) for r in a['results']] == [(r['arm'], r['method'], r['n'], r['accuracy']) for r in b['results']]
+    assert [{k: v for k, v in x['counts']['pairs'].items() if k != 'file'} for x in (a, b)] == [dict(n_in=6, out=6, quarantined=0)] * 2   # each grid's own samples file
+    assert a['split'] == b['split']
+    A, B = (load_file(str(o/'align'/'tiny-a'/'DE'/'adapter_model.safetensors')) for o in (tmp_path/'local', tmp_path/'ray'))
+    assert A.keys() == B.keys() and max(float(np.abs(A[k] - B[k]).max()) for k in A) < 1e-4   # one thread on the worker: other summation order
+    assert rr['align-tiny-a-DE']['headline'] == loc['align-tiny-a-DE']['headline'] and _index(tmp_path/'ray') == _index(tmp_path/'local')
+
+    monkeypatch.setenv('NAVAB_FAULT_KILL', 'align-tiny-a-DE')        # killed every time, no retries: reported failed, the rest skip
+    run_grid(out=tmp_path/'ray', executor='ray', retries=0, **kw)
+    rr = _records(tmp_path/'ray')
+    assert rr['align-tiny-a-DE']['status'] == 'failed' and rr['align-tiny-a-DE']['error'].startswith('ray: '), rr['align-tiny-a-DE']
+    assert rr['run-tiny-a-DE']['status'] == 'ok' and rr['run-tiny-a-DE']['skipped'] and rr['study']['status'] == 'ok'
