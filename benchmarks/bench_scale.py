@@ -220,18 +220,27 @@ def project(ex: dict, sc: dict, cores: int, llm: dict | None = None, generator: 
     notes.append(f"scoring: {cpu_rate:,.1f} requests per CPU-second in-process (batch 16, {sc['model']}, ~{p / 1e6:.0f}M parameters); "
                  f"HTTP 1 client {http1:,.1f} requests per server-CPU-second" + ('' if sc['echo_logprobs'] else
                  " (this navab serve answers without log-probs: one forward over the prompt and one generated token, the same work)"))
+    gpu = ROOT / 'benchmarks' / 'gpu_results' / 'qwen7b_b64_x30.json'     # benchmarks/gpu_check.sh --scale qwen2.5-7b on a lent H200
+    if gpu.is_file():
+        g = json.loads(gpu.read_text())['bf16']
+        rate = g['timed_requests'] / g['seconds']
+        notes.append(f"on a GPU: navab's hf engine scored a Qwen2.5-7B-shaped model in bf16 at {rate:,.0f} requests/s on one H200 (batch 64, "
+                     f"HK MC requests, {g['tokens_fed'] / g['timed_requests']:,.0f} tokens fed each, {g['share_of_peak']:.0%} of the measured bf16 "
+                     f"matmul rate; {gpu.relative_to(ROOT)}): the {n_req:,} requests of 10 such models take {n_req / rate / 3600:.1f} GPU-hours")
     notes.append("bigger models: CPU cost scaled by parameter count (a forward is ~2 x params FLOPs per token); real studies run "
                  "8B models on GPUs behind vLLM (`--executor ray`, `--gpus-per-run`): measure that server's requests/s with --url and rerun")
     if llm:
-        tot = sum(v['cpu_per_article'] for v in llm['stages'].values())
+        gen_stages = {st: v for st, v in llm['stages'].items() if st != 'topics'}   # topics calls no generator (llm_labels off): projected above
+        tot = sum(v['cpu_per_article'] for v in gen_stages.values())
         gp = _params(generator)
-        for st, v in llm['stages'].items():
+        for st, v in gen_stages.items():
             rows.append((f"extraction, {st} stage, 10M articles, {generator} generator on CPU", n_art * v['cpu_per_article'] / 3600))
         rows.append((f"extraction, all LLM stages, 10M articles, {generator} generator on CPU", n_art * tot / 3600))
         rows.append((f"extraction, all LLM stages, 10M articles, an 8B generator on CPU (scaled by parameters)", n_art * tot * 8e9 / gp / 3600))
         notes.append(f"LLM stages: CPU seconds per article from {llm['run']} ({llm['articles']} real HK articles, {llm['samples']} samples kept): "
-                     + ', '.join(f"{st} {v['cpu_per_article']:.2f}" for st, v in llm['stages'].items())
-                     + f" (total {tot:.2f} CPU-s per article); later stages see only what earlier ones keep, so the per-article figure "
+                     + ', '.join(f"{st} {v['cpu_per_article']:.2f}" for st, v in gen_stages.items())
+                     + f" (total {tot:.2f} CPU-s per article; its topics stage, no generator, {llm['stages'].get('topics', {}).get('cpu_per_article', float('nan')):.2f}: "
+                       "the topics rows above are measured on 10,000 articles, not 222); later stages see only what earlier ones keep, so the per-article figure "
                        "holds for news with the same value density; conflict compares at most 200 statement pairs per topic, so it "
                        "stays linear while topics stay of bounded size")
         notes.append(f"an 8B generator: the {generator} figures scaled by parameter count; on GPUs behind vLLM the cost is the server's "

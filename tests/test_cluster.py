@@ -42,17 +42,22 @@ def _index(out: Path) -> str:
     return re.sub(r'\d+(\.\d+)? s\b', 'N s', (out/'index.html').read_text())
 
 
+def _local_then_ray(kw: dict, tmp_path: Path, monkeypatch, kill: str) -> tuple:
+    "The grid run locally, then on Ray with the worker of the task named `kill` ended once (retried): the two grids' records."
+    run_grid(out=tmp_path/'local', **kw)
+    marker = tmp_path/'killed'
+    monkeypatch.setenv('NAVAB_FAULT_KILL', f'{kill}@{marker}')
+    run_grid(out=tmp_path/'ray', executor='ray', retries=2, **kw)
+    assert marker.read_text() == kill, 'the fault hook killed a worker'
+    return _records(tmp_path/'local'), _records(tmp_path/'ray')
+
+
 def test_ray_grid_same_as_local_with_a_killed_worker(study, ray_local, tmp_path, monkeypatch):
     "2 tiny models x 2 nations x (MC, AJ): Ray (one evaluation's worker killed once, retried) gives the local executor's scores and index."
     d = study['dir']
     kw = dict(models=study['kw']['models'], nations=['FR', 'DE'], samples={'FR': study['kw']['samples']['FR'], 'DE': [_de_samples(tmp_path/'de.parquet')]},
               methods=['mc', 'aj'], seed=0, max_new_tokens=6, progress=False, settings=d/'settings.ini')
-    run_grid(out=tmp_path/'local', **kw)
-    marker = tmp_path/'killed'
-    monkeypatch.setenv('NAVAB_FAULT_KILL', f'eval-tiny-b-DE-aj@{marker}')
-    run_grid(out=tmp_path/'ray', executor='ray', retries=2, **kw)
-    assert marker.read_text() == 'eval-tiny-b-DE-aj', 'the fault hook killed a worker'
-    loc, rr = _records(tmp_path/'local'), _records(tmp_path/'ray')
+    loc, rr = _local_then_ray(kw, tmp_path, monkeypatch, 'eval-tiny-b-DE-aj')
     assert sorted(rr) == sorted(loc) == ['run-tiny-a-DE', 'run-tiny-a-FR', 'run-tiny-b-DE', 'run-tiny-b-FR', 'study']
     assert all(r['status'] == 'ok' for r in rr.values()), {k: r.get('error') for k, r in rr.items()}
     runs = sorted((tmp_path/'local'/'runs').glob('*/*/*/scores.parquet'))
@@ -79,12 +84,7 @@ def test_ray_grid_aligns_as_a_ray_task(study, ray_local, tmp_path, monkeypatch):
     from safetensors.numpy import load_file
     kw = dict(models=study['kw']['models'][:1], nations=['DE'], samples={'DE': [_de_samples(tmp_path/'de.parquet')]}, methods=['mc', 'align'], seed=0,
               progress=False, settings=study['dir']/'settings.ini', align_options=dict(steps=2, save_steps=2, batch_size=2, methods=['mc', 'pref']))
-    run_grid(out=tmp_path/'local', **kw)
-    marker = tmp_path/'killed'
-    monkeypatch.setenv('NAVAB_FAULT_KILL', f'align-tiny-a-DE@{marker}')
-    run_grid(out=tmp_path/'ray', executor='ray', retries=2, **kw)
-    assert marker.read_text() == 'align-tiny-a-DE', 'the fault hook killed the alignment worker'
-    loc, rr = _records(tmp_path/'local'), _records(tmp_path/'ray')
+    loc, rr = _local_then_ray(kw, tmp_path, monkeypatch, 'align-tiny-a-DE')
     assert sorted(rr) == sorted(loc) == ['align-tiny-a-DE', 'run-tiny-a-DE', 'study']
     assert all(r['status'] == 'ok' for r in rr.values()), {k: r.get('error') for k, r in rr.items()}
     a, b = (json.loads((o/'align'/'tiny-a'/'DE'/'align.json').read_text()) for o in (tmp_path/'local', tmp_path/'ray'))
