@@ -57,8 +57,14 @@ def main():
     S = pl.concat([read_navab(DATA / f, 'CN').valid for f in ('human_statement_result.json', 'official_statement_result.json')]).head(a.samples)
     R = mc_requests(mc_prompts(S), 'answer')
     path = str(convert_embedded(a.model)) if a.model in EMBEDDED else a.model
-    insts = [Instance('loglikelihood', {}, (c, x), i) for i, (c, x) in enumerate(zip(R['context'], R['continuation']))]
-    print(f"{a.model}: {len(S)} HK samples, {len(R)} MC requests (answer mode); batch {a.batch_size}; {os.cpu_count()} CPUs", flush=True)
+    # lm-eval conditions on the context as it is; navab puts the model's start token first (SmolLM2: <|endoftext|>; without it
+    # log-probs move by up to 0.4 nats). lm-eval gets the start token in its context, so both score the same token sequence.
+    from transformers import AutoTokenizer
+    from navab.models import start_token
+    st = start_token(AutoTokenizer.from_pretrained(path), a.model)
+    insts = [Instance('loglikelihood', {}, (st + c, x), i) for i, (c, x) in enumerate(zip(R['context'], R['continuation']))]
+    print(f"{a.model}: {len(S)} HK samples, {len(R)} MC requests (answer mode); batch {a.batch_size}; {os.cpu_count()} CPUs; "
+          f"lm-eval's contexts begin with the start token {st!r}, as navab's do", flush=True)
     url, proc = serve(a.model)
     url1, proc1 = serve(a.model, '--max-batch', '1')            # the peer: the same server answering one request per engine call
     times = {}
