@@ -237,6 +237,10 @@ def _pair(job: dict) -> tuple:
     "A job's report name and the fields every record of it carries."
     return f"run-{safe_name(label(job['model']))}-{job['nation']}", dict(kind='run', model=label(job['model']), nation=job['nation'])
 
+def _align_name(job: dict) -> tuple:
+    "An alignment job's report name and the fields every record of it carries."
+    return f"align-{safe_name(label(job['model']))}-{job['nation']}", dict(kind='align', model=label(job['model']), nation=job['nation'])
+
 def _failed(out: Path, name: str, base: dict, error: str) -> dict:
     "Save and return a failed record."
     return dict(_save(Path(out), dict(base, name=name, status='failed', error=error, headline='', html='', ipynb='', key='')), skipped=False)
@@ -271,8 +275,7 @@ def align_job(job: dict) -> dict:
     "Align one model toward one nation on its samples and run the alignment report: the job's record (never raises)."
     from navab.align import align
     out, model, nation = Path(job['out']), job['model'], job['nation']
-    name = f"align-{safe_name(label(model))}-{nation}"
-    base = dict(kind='align', model=label(model), nation=nation)
+    name, base = _align_name(job)
     d = out/'align'/safe_name(label(model))/nation
     opts = {**ALIGN_DEFAULTS, 'device': job.get('device') or 'auto', **(job.get('align_options') or {})}   # the grid's --device, unless the options say
     try: align(job['samples'], model, nation, d, seed=job.get('seed', 0), progress=False, log=lambda *a: None, **opts)
@@ -339,7 +342,7 @@ def _ray_report(job: dict, *evals) -> dict:
 
 def _ray_align(job: dict) -> dict:
     "Ray task: align one model toward one nation and run its report (`align_job`): its record. A retried task resumes from the run's last checkpoint."
-    _kill_point(job, f"align-{safe_name(label(job['model']))}-{job['nation']}"); _in_cwd(job)
+    _kill_point(job, _align_name(job)[0]); _in_cwd(job)
     return align_job(job)
 
 def _ray_study(job: dict, runs: list) -> dict:
@@ -403,8 +406,7 @@ def _ray_grid(jobs: list, study: dict, address: str | None = None, gpus_per_run:
             try: r = ray.get(ref)
             except Exception as e:   # the task (or one it waited for) was lost for good: the worker died more than `retries` times
                 j = refs[ref]
-                name, base = (f"align-{safe_name(label(j['model']))}-{j['nation']}", dict(kind='align', model=label(j['model']), nation=j['nation'])) \
-                    if j.get('kind') == 'align' else _pair(j)
+                name, base = _align_name(j) if j.get('kind') == 'align' else _pair(j)
                 r = dict(_failed(j['out'], name, base, f"ray: {_first(e)}"), runs=[])
             recs.append(r)
             if bar is not None: bar.update(); bar.set_postfix_str(f"{r['name']}: {r['status']}")
@@ -480,7 +482,6 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
             recs.append(pair_job(j)); bar.update(); bar.set_postfix_str(f"{recs[-1]['name']}: {recs[-1]['status']}")
     if executor == 'local':
         for j in ajobs: recs.append(align_job(j)); bar.update()
-    if executor == 'local':
         runs = [r for rec in recs for r in rec.get('runs', [])]
         study = _study_job(out, runs, reports/'study.ipynb', seed, S.path, no_input, timeout) if runs else None
     bar.update(); bar.close()
