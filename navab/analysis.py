@@ -13,9 +13,10 @@ import polars as pl
 from .stats import accuracy_table, bootstrap_ci, mcnemar_exact, paired_bootstrap, agreement
 
 # %% auto #0
-__all__ = ['SCORE_COLS', 'h', 'html_table', 'show', 'show_fig', 'heading', 'label', 'load_scores', 'worst_samples', 'mc_aj_table',
-           'grid_table', 'paired_table', 'share_frame', 'fit_share_model', 'consistency', 'source_table',
-           'opinion_table', 'plot_ci', 'plot_heatmap']
+__all__ = ['SCORE_COLS', 'h', 'html_table', 'show', 'show_fig', 'heading', 'label', 'run_summary', 'run_info', 'load_scores',
+           'worst_samples', 'mc_aj_table', 'grid_table', 'paired_table', 'share_frame', 'fit_share_model',
+           'consistency', 'source_table', 'metric_table', 'opinion_table', 'position_table', 'headline_table',
+           'plot_ci', 'plot_heatmap']
 
 # %% ../nbs/06a_analysis.ipynb #2d563b36
 def h(x) -> str:
@@ -64,14 +65,26 @@ def label(model: str) -> str:
     p = Path(str(model)).expanduser()
     return p.name if p.is_dir() else str(model)
 
+# %% ../nbs/06a_analysis.ipynb #22794128
+def run_summary(d: str | Path) -> dict:
+    "A run folder's summary.json."
+    return json.loads((Path(d)/'summary.json').read_text(encoding='utf-8'))
+
+def run_info(d: str | Path) -> dict:
+    "What a run's task is (name, metric, per-sample column, what to plot): from its summary, or the registry for run folders older than tasks."
+    s = run_summary(d)
+    if isinstance(s.get('task'), dict): return s['task']
+    from navab.tasks import get_task
+    return get_task(s['method']).info()
+
 # %% ../nbs/06a_analysis.ipynb #e790756a
 SCORE_COLS = ('sample_id', 'nation', 'source_type', 'topic', 'pred', 'gold', 'correct', 'margin')
 
 def load_scores(runs: list) -> pl.DataFrame:
-    "One long frame of sample-level results of MC/AJ runs (records with model, nation, method, dir)."
+    "One long frame of sample-level decisions of the runs whose task decides per sample (`correct`): records with model, nation, method, dir."
     frames = []
     for r in runs:
-        if r['method'] == 'opinions': continue
+        if run_info(r['dir'])['value'] != 'correct': continue
         s = pl.read_parquet(Path(r['dir'])/'scores.parquet')
         s = s.select([pl.col(c).cast(pl.Float64 if c == 'margin' else pl.Boolean if c == 'correct' else pl.String) if c in s.columns
                       else pl.lit(None, pl.Float64 if c == 'margin' else pl.String).alias(c) for c in SCORE_COLS] +
@@ -172,9 +185,9 @@ def fit_share_model(df: pl.DataFrame) -> dict:
 
 # %% ../nbs/06a_analysis.ipynb #2e17701b
 def consistency(scores: pl.DataFrame) -> tuple:
-    "Per AJ run: n, agreement and kappa with MC on its samples; across runs: Spearman correlation of MC and AJ accuracy."
+    "Per run that carries MC's decision beside its own (AJ): n, agreement and kappa with MC; across runs: Spearman correlation of MC and AJ accuracy."
     from scipy.stats import spearmanr
-    aj = scores.filter((pl.col('method') == 'aj') & pl.col('mc_correct').is_not_null() & pl.col('correct').is_not_null())
+    aj = scores.filter(pl.col('mc_correct').is_not_null() & pl.col('correct').is_not_null())
     rows = []
     for (m, n), g in aj.group_by(['model', 'nation'], maintain_order=True):
         a = agreement(g['mc_correct'].to_list(), g['correct'].to_list())
@@ -191,15 +204,52 @@ def source_table(scores: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
     "Accuracy with CI and n per model, method and source type (official: the outlet's voice; quoted: a named speaker)."
     return accuracy_table(scores.filter(pl.col('source_type').is_not_null()), ['method', 'model', 'source_type'], seed=seed)
 
-def opinion_table(runs: list, seed: int = 0) -> pl.DataFrame:
-    "GlobalOpinionQA: mean 1 - JSD (base 2) with CI and n items per model and nation, from the opinions runs."
+def metric_table(runs: list, seed: int = 0) -> pl.DataFrame:
+    "The runs whose task scores items by a number rather than a decision (GlobalOpinionQA's 1 - JSD): its mean with CI and n per model, nation and task."
     rows = []
     for r in runs:
-        if r['method'] != 'opinions': continue
+        t = run_info(r['dir'])
+        if t['value'] == 'correct': continue
         s = pl.read_parquet(Path(r['dir'])/'scores.parquet')
-        est, lo, hi = bootstrap_ci(s['similarity'].to_numpy(), seed=seed)
-        rows.append(dict(model=label(r['model']), nation=r['nation'], n=len(s), similarity=est, ci_low=lo, ci_high=hi))
-    return pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'n': pl.Int64, 'similarity': pl.Float64, 'ci_low': pl.Float64, 'ci_high': pl.Float64})
+        est, lo, hi = bootstrap_ci(s[t['value']].to_numpy(), seed=seed)
+        rows.append(dict(model=label(r['model']), nation=r['nation'], method=r['method'], metric=t['metric'], n=len(s), value=est, ci_low=lo, ci_high=hi))
+    return pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'method': pl.String, 'metric': pl.String, 'n': pl.Int64,
+                                      'value': pl.Float64, 'ci_low': pl.Float64, 'ci_high': pl.Float64})
+
+def opinion_table(runs: list, seed: int = 0) -> pl.DataFrame:
+    "GlobalOpinionQA: mean 1 - JSD (base 2) with CI and n items per model and nation (the `similarity` rows of `metric_table`)."
+    return metric_table(runs, seed).filter(pl.col('metric') == 'similarity').select('model', 'nation', 'n', pl.col('value').alias('similarity'), 'ci_low', 'ci_high')
+
+
+# %% ../nbs/06a_analysis.ipynb #dec24989
+def position_table(runs: list) -> pl.DataFrame:
+    "Per run with answer letters: order, debiased accuracy, accuracy per order, position consistency, same-letter share, top letter and its share."
+    rows = []
+    for r in runs:
+        s = run_summary(r['dir'])
+        if 'top_letter_share' not in s: continue
+        o = s.get('accuracy_by_order') or {}
+        rows.append(dict(model=label(r['model']), nation=r['nation'], method=r['method'], n=s['n'], order=s.get('order'), accuracy=s['accuracy'],
+                         acc_s_as_a=(o.get('S as A') or {}).get('estimate'), acc_s_as_b=(o.get('S as B') or {}).get('estimate'),
+                         consistency=(s.get('position_consistency') or {}).get('estimate'), same_letter=s.get('same_letter_share'),
+                         top_letter=s.get('top_letter'), top_letter_share=s.get('top_letter_share'), one_letter=bool(s.get('one_letter'))))
+    return pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'method': pl.String, 'n': pl.Int64, 'order': pl.String, 'accuracy': pl.Float64,
+                                      'acc_s_as_a': pl.Float64, 'acc_s_as_b': pl.Float64, 'consistency': pl.Float64, 'same_letter': pl.Float64,
+                                      'top_letter': pl.String, 'top_letter_share': pl.Float64, 'one_letter': pl.Boolean})
+
+# %% ../nbs/06a_analysis.ipynb #98640dff
+def headline_table(runs: list) -> pl.DataFrame:
+    "Each run's headline: the debiased accuracy when both orders were scored, else the task's metric; CI, n, position consistency, one-letter flag."
+    rows = []
+    for r in runs:
+        s, t = run_summary(r['dir']), run_info(r['dir'])
+        deb = s.get('accuracy_debiased')
+        est = deb if deb else dict(estimate=s.get(t['metric']), ci_low=s.get('ci_low'), ci_high=s.get('ci_high'))
+        rows.append(dict(model=label(r['model']), nation=r['nation'], method=r['method'], metric=('debiased ' if deb else '') + t['metric'], n=s.get('n'),
+                         value=est['estimate'], ci_low=est['ci_low'], ci_high=est['ci_high'], consistency=(s.get('position_consistency') or {}).get('estimate'),
+                         top_letter_share=s.get('top_letter_share'), one_letter=bool(s.get('one_letter'))))
+    return pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'method': pl.String, 'metric': pl.String, 'n': pl.Int64, 'value': pl.Float64,
+                                      'ci_low': pl.Float64, 'ci_high': pl.Float64, 'consistency': pl.Float64, 'top_letter_share': pl.Float64, 'one_letter': pl.Boolean})
 
 # %% ../nbs/06a_analysis.ipynb #be952fb3
 def plot_ci(t: pl.DataFrame, x: str, y: str = 'accuracy', hue: str | None = None, title: str = '', ax=None, ref: float | None = 0.5):

@@ -14,8 +14,8 @@ from .settings import cache_dir, safe_name, inside, load_settings
 # %% auto #0
 __all__ = ['EMBEDDED', 'DTYPES', 'MAX_LOADED', 'FIT_SHARE', 'SENTENCES', 'ModelRef', 'resolve', 'gguf_path', 'sha256_file',
            'convert_embedded', 'is_cached', 'start_token', 'ModelInfo', 'load_model', 'resolve_device', 'resolve_dtype',
-           'weight_bytes', 'device_args', 'make_tiny_model', 'sentence_logprob', 'load_adapter', 'model_table',
-           'model_rows']
+           'weight_bytes', 'device_args', 'RunConfig', 'make_tiny_model', 'sentence_logprob', 'load_adapter',
+           'model_table', 'model_rows']
 
 # %% ../nbs/03_models.ipynb #dc629e36
 EMBEDDED = {
@@ -227,6 +227,36 @@ def device_args(p, dtype_default: str = 'auto'):
     p.add_argument('--device', default='auto', help="auto (a GPU when torch sees one, spread over all GPUs when the model does not fit one), cpu, cuda, cuda:N or cuda:all")
     p.add_argument('--dtype', default=dtype_default, choices=['auto', *DTYPES], help='auto: bfloat16 on a GPU, float32 on the CPU')
     return p
+
+# %% ../nbs/03_models.ipynb #c6d17972
+@dataclass(frozen=True)
+class RunConfig:
+    "How a run executes, resolved once and passed as one value: device, dtype, batch size, tokenizer, concurrency, seed."
+    device: str = 'auto'
+    dtype: str = 'auto'
+    batch_size: int = 16
+    tokenizer: str | None = None
+    concurrency: int = 8
+    seed: int = 0
+    trust_remote_code: bool = False
+
+    @classmethod
+    def of(cls, config=None, **kw) -> 'RunConfig':
+        "A config from another (or a dict, or None) with keyword overrides (None keeps the value); an unknown key is a clear error."
+        base = asdict(config) if isinstance(config, RunConfig) else dict(config or {})
+        bad = [k for k in {**base, **kw} if k not in cls.__dataclass_fields__]
+        if bad: raise ValueError(f"RunConfig has no field {bad[0]!r} (fields: {', '.join(cls.__dataclass_fields__)})")
+        c = cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
+        if int(c.batch_size) < 1 or int(c.concurrency) < 1: raise ValueError(f"batch_size and concurrency must be at least 1 (got {c.batch_size}, {c.concurrency})")
+        _check_dtype(c.dtype)
+        return c
+
+    def resolved(self) -> 'RunConfig':
+        "The same config with a concrete device and dtype (`auto` decided on this machine)."
+        dev = resolve_device(self.device)
+        return RunConfig.of(self, device=dev, dtype=resolve_dtype(self.dtype, dev))
+
+    def as_dict(self) -> dict: return asdict(self)
 
 # %% ../nbs/03_models.ipynb #36c261bd
 _TINY_TEXT = ["The nation values freedom and fairness.", "Le gouvernement doit protéger le climat.",

@@ -15,7 +15,7 @@ from .settings import load_settings, repo_root
 from .schema import atomic_write
 
 # %% auto #0
-__all__ = ['VARIATION_FIELDS', 'PERSONA', 'NATION_NAMES', 'default_variations', 'load_variations', 'persona', 'variation_prompts',
+__all__ = ['VARIATION_FIELDS', 'default_variations', 'load_variations', 'variation_options', 'variation_prompts',
            'variation_requests', 'format_test', 'flip_table', 'robustness', 'robustness_section', 'show_robustness',
            'cmd_robustness', 'add_cli']
 
@@ -61,60 +61,26 @@ def load_variations(path: str | Path | None = None) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={'name': pl.String, **{f: pl.String for f in VARIATION_FIELDS}, 'doc': pl.String})
 
 # %% ../nbs/10_robustness.ipynb #bcaf606a
-PERSONA = {'en': "Answer as a typical person from {nation}.", 'zh': "请以一个典型的{nation}人的身份回答。",
-           'fr': "Répondez comme une personne typique de ce pays : {nation}.", 'de': "Antworten Sie als typische Person aus diesem Land: {nation}."}
-NATION_NAMES = {'en': {'CN': 'China', 'US': 'the United States', 'UK': 'the United Kingdom', 'FR': 'France', 'DE': 'Germany'},
-                'zh': {'CN': '中国', 'US': '美国', 'UK': '英国', 'FR': '法国', 'DE': '德国'},
-                'fr': {'CN': 'la Chine', 'US': 'les États-Unis', 'UK': 'le Royaume-Uni', 'FR': 'la France', 'DE': "l'Allemagne"},
-                'de': {'CN': 'China', 'US': 'die Vereinigten Staaten', 'UK': 'das Vereinigte Königreich', 'FR': 'Frankreich', 'DE': 'Deutschland'}}
-
-def persona(lang: str, nation: str, template: dict | None = None, settings=None) -> str:
-    "The persona steer in language `lang` for `nation` (a template's own `persona` text wins over the default)."
-    text = (template or {}).get('persona') or PERSONA.get(lang)
-    if not text: raise ValueError(f"no persona steer for language {lang!r}: add a 'persona' text to its template")
-    name = NATION_NAMES.get(lang, {}).get(nation) or (settings or load_settings()).nation(nation).name
-    return text.format(nation=name)
+from .tasks import PERSONA, NATION_NAMES, persona, MC, Run
 
 # %% ../nbs/10_robustness.ipynb #49408910
-def _mc_body(t: dict, style: str, lang: str) -> tuple:
-    "The `mc` template text under a label style, and the labels of its two options."
-    body = t['mc']
-    if 'A. {option_a}' not in body or 'B. {option_b}' not in body:
-        raise ValueError(f"template {lang!r}: its 'mc' text has no 'A. {{option_a}}' / 'B. {{option_b}}' lines, which label styles rewrite")
-    if style == 'A/B': return body, ['A', 'B']
-    new = ('1. ', '2. ') if style == '1/2' else ('- ', '- ')
-    body = body.replace('A. {option_a}', new[0] + '{option_a}').replace('B. {option_b}', new[1] + '{option_b}')
-    return body, (['1', '2'] if style == '1/2' else ['A', 'B'])
+def variation_options(v: dict) -> dict:
+    "A variations-table row as options of the MC task: a variation is MC asked another way."
+    return dict(order=v['option_order'], labels=v['labels'], template_lang=v['template_lang'], chat=v['chat'] == 'yes',
+                persona=v['persona'] == 'yes', norm=v['norm'])
 
 # %% ../nbs/10_robustness.ipynb #b2b1bc4f
 def variation_prompts(samples: pl.DataFrame, v: dict, seed: int = 0, templates: dict | None = None, chat_tok=None) -> pl.DataFrame:
-    "One MC prompt per sample under variation `v` (a row of the variations table); columns as `evaluate.mc_prompts`, plus the options."
-    from navab.evaluate import load_templates, s_first, _tmpl, _chat
-    T = templates or load_templates()
+    "One MC prompt per sample under variation `v` (a row of the variations table): the MC task's prompts under the variation's options."
+    from navab.tasks import load_templates
     if v['chat'] == 'yes' and chat_tok is None: raise ValueError(f"variation {v['name']!r}: chat=yes needs the model's tokenizer")
-    order = s_first(samples['id'], seed) if v['option_order'] == 'seeded' else [v['option_order'] == 's_first'] * len(samples)
-    rows = []
-    for r, sf in zip(samples.iter_rows(named=True), order):
-        lang = r['lang'] if v['template_lang'] == 'native' else 'en'
-        t = _tmpl(T, lang)
-        body, labs = _mc_body(t, v['labels'], lang)
-        a, b = (r['statement'], r['reverse_statement']) if sf else (r['reverse_statement'], r['statement'])
-        p = body.format(question=r['question'], option_a=a, option_b=b, answer='')
-        if v['persona'] == 'yes': p = persona(lang, r['nation'], t) + '\n' + p
-        chat = v['chat'] == 'yes'
-        rows.append(dict(sample_id=r['id'], nation=r['nation'], lang=r['lang'], source_type=r.get('source_type'), topic=r.get('topic'),
-                         prompt=_chat(chat_tok, p) if chat else p, sep='' if chat else t['sep'], s_first=sf,
-                         gold=labs[0] if sf else labs[1], labels=labs, option_a=a, option_b=b))
-    return pl.DataFrame(rows, schema_overrides={'topic': pl.String, 'source_type': pl.String})
+    return MC.steps[0].build(samples, Run(templates or load_templates(), seed, MC.check(variation_options(v)), chat_tok))[0]
 
 # %% ../nbs/10_robustness.ipynb #c453e1bb
 def variation_requests(prompts: pl.DataFrame, v: dict) -> pl.DataFrame:
-    "Scoring requests of a variation's prompts: the option labels (`evaluate.mc_requests`), or the option texts for `text` labels."
-    from navab.evaluate import mc_requests
-    req = mc_requests(prompts, 'answer')
-    if v['labels'] != 'text': return req
-    opt = {(r['sample_id'], r['labels'][k]): r['sep'] + r[f'option_{"ab"[k]}'] for r in prompts.iter_rows(named=True) for k in (0, 1)}
-    return req.with_columns(pl.Series('continuation', [opt[(s, o)] for s, o in zip(req['sample_id'], req['option'])], pl.String))
+    "Scoring requests of a variation's prompts: the option labels, or the option texts for `text` labels (the MC task's requests)."
+    from navab.tasks import mc_requests
+    return mc_requests(prompts, 'answer', text=v['labels'] == 'text')
 
 # %% ../nbs/10_robustness.ipynb #becaed03
 def _spread(acc) -> np.ndarray:
@@ -175,7 +141,7 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
                tokenizer: str | None = None, concurrency: int = 8) -> dict:
     "Re-score `samples` with `model` (a name, a server URL, a backend or `(model, tok, info)`) under each variation; write variations/flips/summary to `out`."
     from tqdm.auto import tqdm
-    from navab.evaluate import decide, load_templates
+    from navab.evaluate import run_steps, load_templates
     from navab.backend import get_backend
     from navab.stats import bootstrap_ci
     t0 = time.time()
@@ -195,10 +161,10 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
                    ci_low=None, ci_high=None, n_ties=None, n_requests=None)
         if v['chat'] == 'yes' and not info.chat_template:
             rows.append(dict(row, status='skipped', reason=f"{info.name} has no chat template")); continue
-        P = variation_prompts(samples, v, seed, T, chat_tok=tok if v['chat'] == 'yes' else None)
-        req = variation_requests(P, v)
-        costs[v['name']] = _new_keys(req, info, cache)
-        sc = decide(B.score(req, run_dir=cache, batch_size=batch_size, progress=False), P, v['norm'])
+        run = Run(T, seed, MC.check(variation_options(v)), tok)          # a variation is the MC task under other options
+        costs[v['name']] = _new_keys(MC.steps[0].build(samples, run)[1], info, cache)
+        req = run_steps(MC, samples, B, run, out, batch_size=batch_size, progress=False, cache=cache)
+        sc = MC.decide(samples, run)
         ok = sc['correct'].fill_null(False)
         est, lo, hi = bootstrap_ci(ok.cast(pl.Float64).to_numpy(), seed=seed)
         dec[v['name']] = ok.to_list()

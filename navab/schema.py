@@ -47,7 +47,7 @@ SCHEMAS = {
         Field('provenance', required=False, doc="JSON: where the sample came from (file, row, upstream fields)")],
     'scores': [
         Field('sample_id'), Field('nation', allowed=NATION), Field('source_type', required=False, allowed=SOURCE_TYPES),
-        Field('model'), Field('method', allowed=('mc', 'aj', 'pref')), Field('pred', required=False), Field('gold'),
+        Field('model'), Field('method'), Field('pred', required=False), Field('gold'),
         Field('correct', 'bool', required=False)],
     'opinions': [
         Field('id'), Field('nation', allowed=NATION), Field('country'), Field('question'),
