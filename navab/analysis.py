@@ -228,13 +228,15 @@ def position_table(runs: list) -> pl.DataFrame:
     for r in runs:
         s = run_summary(r['dir'])
         if 'top_letter_share' not in s: continue
-        o = s.get('accuracy_by_order') or {}
+        o, pc = s.get('accuracy_by_order') or {}, s.get('position_consistency') or {}
         rows.append(dict(model=label(r['model']), nation=r['nation'], method=r['method'], n=s['n'], order=s.get('order'), accuracy=s['accuracy'],
                          acc_s_as_a=(o.get('S as A') or {}).get('estimate'), acc_s_as_b=(o.get('S as B') or {}).get('estimate'),
-                         consistency=(s.get('position_consistency') or {}).get('estimate'), same_letter=s.get('same_letter_share'),
+                         consistency=pc.get('estimate'), consistency_ci_low=pc.get('ci_low'),
+                         consistency_ci_high=pc.get('ci_high'), same_letter=s.get('same_letter_share'),
                          top_letter=s.get('top_letter'), top_letter_share=s.get('top_letter_share'), one_letter=bool(s.get('one_letter'))))
     return pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'method': pl.String, 'n': pl.Int64, 'order': pl.String, 'accuracy': pl.Float64,
-                                      'acc_s_as_a': pl.Float64, 'acc_s_as_b': pl.Float64, 'consistency': pl.Float64, 'same_letter': pl.Float64,
+                                      'acc_s_as_a': pl.Float64, 'acc_s_as_b': pl.Float64, 'consistency': pl.Float64, 'consistency_ci_low': pl.Float64,
+                                      'consistency_ci_high': pl.Float64, 'same_letter': pl.Float64,
                                       'top_letter': pl.String, 'top_letter_share': pl.Float64, 'one_letter': pl.Boolean})
 
 # %% ../nbs/06a_analysis.ipynb #98640dff
