@@ -10,8 +10,8 @@ from pathlib import Path
 import polars as pl
 from . import __version__
 from .settings import load_settings, cache_dir, repo_root
-from .schema import write_table, atomic_write
-from .data import read_records, load_articles, read_navab, read_opinions, load_samples, _files
+from .schema import write_table, atomic_write, problems
+from .data import read_records, load_articles, read_navab, read_opinions, read_samples, show_check, _files
 from .models import EMBEDDED, model_rows, convert_embedded, load_model, resolve, sentence_logprob, SENTENCES, is_cached, device_args
 
 # %% auto #0
@@ -39,23 +39,15 @@ def check_file(path, kind: str = 'auto', nation: str | None = None, mapping: dic
     if kind == 'navab':
         if not nation: raise ValueError(f"{path}: NaVAB release files carry no nation: pass --nation (one of {', '.join(load_settings().nations)})")
         return read_navab(path, nation)
-    if kind == 'samples': return load_samples(path, nation)
+    if kind == 'samples': return read_samples(path, nation)
     if kind == 'opinions': return read_opinions(path, [nation] if nation else None)
     raise ValueError(f"unknown kind {kind!r}: one of auto, {', '.join(KINDS)}")
-
-# %% ../nbs/11_cli.ipynb #c55b6e7a
-def _problems(c, n=10) -> str:
-    "The first `n` problems of a check as lines `file:row: field: reason`."
-    q = c.quarantine.sort('row', nulls_last=True, maintain_order=True).head(n)   # in file order
-    return '\n'.join(f"  {r['file']}:{r['row']}: {r['field'] or '(row)'}: {r['reason']}" for r in q.iter_rows(named=True))
 
 # %% ../nbs/11_cli.ipynb #ae0bf38f
 def cmd_data_check(a) -> int:
     "navab data check: validate a file, print counts and the first problems, optionally write valid rows and quarantine."
     mapping = dict(kv.split('=', 1) for kv in a.map.split(',')) if a.map else None
-    c = check_file(a.file, a.kind, a.nation, mapping)
-    print(repr(c))
-    if len(c.quarantine): print(f"first problems:\n{_problems(c)}")
+    c = show_check(check_file(a.file, a.kind, a.nation, mapping), n=10, need_valid=False)
     if a.out: write_table(c.valid, a.out); print(f"valid rows -> {a.out}")
     if a.quarantine: write_table(c.quarantine, a.quarantine); print(f"quarantine -> {a.quarantine}")
     return 1 if len(c.quarantine) else 0
@@ -87,22 +79,16 @@ def cmd_models(a) -> int:
 def cmd_evaluate(a) -> int:
     "navab evaluate: score one model on samples (MC, AJ) or opinion items, write requests, scores, summary; exit 1 if rows were quarantined."
     from navab.evaluate import evaluate
-    c = read_opinions(a.samples, [a.nation] if a.nation else None) if a.method == 'opinions' else load_samples(a.samples, a.nation)
-    print(repr(c))
-    if len(c.quarantine):
-        write_table(c.quarantine, Path(a.out)/'quarantine.parquet'); print(f"first problems:\n{_problems(c, 5)}")
-    if not len(c.valid):
-        r = c.quarantine.row(0, named=True)
-        raise ValueError(f"{a.samples}: no valid samples: all {c.n_in} rows quarantined (first: row {r['row']}, {r['field']}: {r['reason']}); see {Path(a.out)/'quarantine.parquet'}")
+    c = read_opinions(a.samples, [a.nation] if a.nation else None) if a.method == 'opinions' else read_samples(a.samples, a.nation)
+    show_check(c, a.out)
     s = evaluate(c.valid, a.model, a.out, method=a.method, scoring=a.scoring, norm=a.norm, batch_size=a.batch_size, limit=a.limit,
                  seed=a.seed, judge=a.judge, chat=a.chat, dtype=a.dtype, max_new_tokens=a.max_new_tokens, device=a.device,
                  tokenizer=a.tokenizer, concurrency=a.concurrency)
     key = 'similarity' if a.method == 'opinions' else 'accuracy'
     print(f"{a.model} {a.method}: n={s['n']} {key}={s[key]:.3f} [95% CI {s['ci_low']:.3f}, {s['ci_high']:.3f}] in {s['wall_s']} s -> {a.out}")
     if len(c.quarantine):   # the valid rows are scored and stored; the exit code still says the input was not clean
-        r = c.quarantine.sort('row', nulls_last=True).row(0, named=True)
         done = f"kept, the first {a.limit} scored (--limit)" if a.limit and a.limit < len(c.valid) else 'scored'
-        print(f"navab: error: {r['file']}:{r['row']}: {r['field'] or '(row)'}: {r['reason']} ({len(c.quarantine)} of {c.n_in} rows "
+        print(f"navab: error: {problems(c, 1)[0]} ({c.counts['quarantined']} of {c.n_in} rows "
               f"quarantined, the {len(c.valid)} valid ones {done}; see {Path(a.out)/'quarantine.parquet'})", file=sys.stderr)
         return 1
     return 0
@@ -258,7 +244,8 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_data_check)
     e = sub.add_parser('evaluate', help='score a model on samples with MC, AJ (or GlobalOpinionQA opinions)')
     e.add_argument('--samples', required=True, help='the released NaVAB by name (JadenGGGeee/NaVAB[:CONFIG[/SPLIT]], e.g. :French/quoted; '
-                   'the config names the nation), a NaVAB release JSON (needs --nation), a navab samples file, or a GlobalOpinionQA file (--method opinions)')
+                   'the config names the nation), a NaVAB release JSON (needs --nation), a navab samples file, a folder of them (<NATION>/samples.parquet: '
+                   'its --nation part, else all), or a GlobalOpinionQA file (--method opinions)')
     e.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
     e.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     e.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')

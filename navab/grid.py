@@ -12,7 +12,7 @@ import polars as pl
 from . import __version__
 from .settings import load_settings, repo_root, safe_name
 from .schema import atomic_write
-from .data import load_samples, read_opinions, release_part, release_nations, parse_release
+from .data import read_samples, samples_in, read_opinions, release_nations, parse_release
 from .analysis import h, label
 
 # %% auto #0
@@ -32,14 +32,6 @@ def parse_samples(specs) -> dict:
 # %% ../nbs/10b_grid.ipynb #305ff2e1
 HK_FILES = ('human_statement_result.json', 'official_statement_result.json')
 
-def _in_folder(folder: Path, nation: str) -> list:
-    "The samples a folder holds for a nation: its extraction output (`<NATION>/samples.parquet`), a per-nation file, or its config of a NaVAB release name."
-    if part := release_part(folder, nation): return [part]
-    for c in (folder/nation/'samples.parquet', folder/nation.lower()/'samples.parquet', folder/'extract'/nation/'samples.parquet',
-              folder/f'{nation}.parquet', folder/f'{nation}.jsonl'):
-        if c.is_file(): return [c]
-    return []
-
 def find_samples(nations, samples: dict | None = None, settings=None, shared: str | Path | None = None) -> dict:
     "For each nation, the sample files the grid uses: explicit pairs, then folders, then the settings' folder, then NaVAB HK for CN."
     S = settings or load_settings()
@@ -49,7 +41,7 @@ def find_samples(nations, samples: dict | None = None, settings=None, shared: st
     found = {}
     for n in nations:
         n = S.nation(n).code
-        files = samples.get(n) or next((f for f in (_in_folder(d, n) for d in folders) if f), [])
+        files = samples.get(n) or next((f for f in (samples_in(d, n) for d in folders) if f), [])
         if not files and n == 'CN' and not samples.get('*') and (shared/'navab-hk').is_dir():
             files = [shared/'navab-hk'/f for f in HK_FILES if (shared/'navab-hk'/f).is_file()]
         for f in files:
@@ -63,7 +55,7 @@ def nation_samples(files, nation: str, out: str | Path, settings=None) -> tuple:
     S = settings or load_settings()
     frames, bad = [], 0
     for f in files:
-        c = load_samples(f, nation, S)
+        c = read_samples(f, nation, S)
         bad += len(c.quarantine)
         frames.append(c.valid.filter(pl.col('nation') == nation))
     cols = ['id', 'nation', 'lang', 'topic', 'source_type', 'question', 'statement', 'reverse_statement']
