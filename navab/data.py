@@ -13,11 +13,11 @@ from .settings import load_settings, repo_root
 from .schema import validate_records, quarantine_frame, Checked, combine, _raw, problems, write_table
 
 # %% auto #0
-__all__ = ['FORMATS', 'MAX_LINE', 'STREAM_EXT', 'NAVAB_RELEASE', 'RELEASE_CONFIGS', 'RELEASE_SPLITS', 'load_samples',
+__all__ = ['FORMATS', 'MAX_LINE', 'STREAM_EXT', 'NAVAB_RELEASE', 'RELEASE_CONFIGS', 'RELEASE_SPLITS', 'load_samples', 'KINDS',
            'read_records', 'article_id', 'load_articles', 'corpus_files', 'parquet_batches', 'iter_records',
            'stream_articles', 'write_partitions', 'source_type_of', 'read_navab', 'navab_records', 'Release',
            'parse_release', 'load_release', 'release_nations', 'release_part', 'samples_in', 'read_samples',
-           'show_check', 'read_opinions']
+           'show_check', 'read_opinions', 'guess_kind', 'check_file']
 
 # %% ../nbs/02_data.ipynb #d29352e1
 FORMATS = ('jsonl', 'json', 'csv', 'parquet', 'hf')
@@ -497,3 +497,28 @@ def read_opinions(path: str | Path, nations=None, settings=None) -> Checked:
         iid = hashlib.sha256(f"{r['country']}\n{q}".encode()).hexdigest()[:12]
         rows.append((i, dict(id=f"goqa-{iid}", nation=country[r['country']], country=r['country'], question=q, options=o, distribution=d)))
     return validate_records(rows, 'opinions', str(path), 'opinions', tuple(S.nations), prior=quarantine_frame(bad), n_in=n_in + len([b for b in bad if b['stage'] == 'read']))
+
+# %% ../nbs/02_data.ipynb #6e3502a2
+KINDS = ('articles', 'navab', 'samples', 'opinions')
+
+def guess_kind(path: str | Path) -> str:
+    "What a data file holds, from the fields of its first records: articles, navab (release format), samples or opinions."
+    f = _files(Path(path))[0] if Path(path).exists() else path
+    recs, _ = read_records(f)
+    keys = set().union(*(r.keys() for _, r in recs[:20] if isinstance(r, dict))) if recs else set()
+    if {'raw_news', 'statement'} <= keys: return 'navab'
+    if {'question', 'options', 'distribution'} <= keys: return 'opinions'
+    if {'question', 'statement', 'reverse_statement'} <= keys: return 'samples'
+    return 'articles'
+
+# %% ../nbs/02_data.ipynb #838669e6
+def check_file(path, kind: str = 'auto', nation: str | None = None, mapping: dict | None = None):
+    "Read and validate a data file as `kind`; return the `Checked` result."
+    kind = guess_kind(path) if kind == 'auto' else kind
+    if kind == 'articles': return load_articles(path, nation=nation, mapping=mapping)
+    if kind == 'navab':
+        if not nation: raise ValueError(f"{path}: NaVAB release files carry no nation: pass --nation (one of {', '.join(load_settings().nations)})")
+        return read_navab(path, nation)
+    if kind == 'samples': return read_samples(path, nation)
+    if kind == 'opinions': return read_opinions(path, [nation] if nation else None)
+    raise ValueError(f"unknown kind {kind!r}: one of auto, {', '.join(KINDS)}")
