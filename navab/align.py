@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 from . import __version__
 from .settings import load_settings, repo_root
-from .schema import atomic_write, quarantine_frame
-from .data import read_records, load_samples, read_opinions, parse_release, _q
+from .schema import atomic_write, quarantine_frame, problems
+from .data import read_records, read_samples, read_opinions, parse_release, _q
 from .models import resolve, sha256_file
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 
@@ -79,7 +79,7 @@ def read_pairs(path: str | Path, nation: str, settings=None, max_chars: int = MA
     S = settings or load_settings()
     nat = S.nation(nation); path = Path(path)
     rel = parse_release(path, nat.code)
-    recs, bad = ([], []) if rel else read_records(path)   # a release name: its rows come through load_samples
+    recs, bad = ([], []) if rel else read_records(path)   # a release name: its rows come through read_samples
     first = next((r for _, r in recs if isinstance(r, dict)), {})
     if {'country', 'distribution'} <= set(first): P, Q, n_in = opinion_pairs(path, nat.code, S)
     elif {'prompt', 'chosen', 'rejected'} <= set(first):
@@ -95,7 +95,7 @@ def read_pairs(path: str | Path, nation: str, settings=None, max_chars: int = MA
                              statement=r.get('chosen'), reverse_statement=r.get('rejected'), file=str(path), row=i))
         P, Q = _frame(rows), quarantine_frame(bad)
     else:
-        c = load_samples(path, nat.code, S)
+        c = read_samples(path, nat.code, S)
         v = c.valid.filter(pl.col('nation') == nat.code)
         at = {str(r.get('id')): i for i, r in recs if isinstance(r, dict) and r.get('id') is not None}
         row = lambda sid: at.get(sid) or (int(m.group(1)) if (m := re.search(r'-(\d+)$', sid)) else None)   # release files: <stem>-<row>
@@ -338,7 +338,7 @@ def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lo
     for k, (_, c) in crossed.items(): log(f"cross {k}: {c['file']}: {c['n_in']} in, {c['out']} out, {c['quarantined']} quarantined")
     atomic_write(out/'quarantine.parquet', lambda t: Q.write_parquet(t))
     log(f"pairs {pairs}: {n_in} in, {len(P)} out, {counts['pairs']['quarantined']} quarantined" + (f" (see {out/'quarantine.parquet'})" if len(Q) else ''))
-    for r in Q.head(3).iter_rows(named=True): log(f"  {r['file']}:{r['row']}: {r['field'] or '(row)'}: {r['reason']}")
+    for l in problems(Q, 3): log(f"  {l}")
     tr, te, info = split_pairs(P, test_frac, seed, min_groups)
     if info['warning']: log(f"warning: {info['warning']}")
     atomic_write(out/'split.json', lambda t: t.write_text(json.dumps(info, indent=1)))

@@ -5,57 +5,24 @@ exit code 0 on success or non-zero with a one-line cause."""
 
 # %% ../nbs/11_cli.ipynb #1ecac733
 from __future__ import annotations
-import argparse, html, json, os, sys, time, traceback
+import argparse, json, os, sys, time, traceback
 from pathlib import Path
 import polars as pl
 from . import __version__
 from .settings import load_settings, cache_dir, repo_root
-from .schema import write_table, atomic_write
-from .data import read_records, load_articles, read_navab, read_opinions, load_samples, _files
+from .schema import write_table, atomic_write, problems
+from .data import KINDS, check_file, read_opinions, read_samples, show_check
+from .stats import compare_runs
 from .models import EMBEDDED, model_rows, convert_embedded, load_model, resolve, sentence_logprob, SENTENCES, is_cached, device_args
 
 # %% auto #0
-__all__ = ['KINDS', 'CHAPTER_COMMANDS', 'guess_kind', 'check_file', 'cmd_data_check', 'cmd_models', 'cmd_evaluate',
-           'compare_runs', 'cmd_compare', 'cmd_serve', 'plan', 'cmd_plan', 'demo', 'cmd_demo', 'parser', 'main']
-
-# %% ../nbs/11_cli.ipynb #6e3502a2
-KINDS = ('articles', 'navab', 'samples', 'opinions')
-
-def guess_kind(path: str | Path) -> str:
-    "What a data file holds, from the fields of its first records: articles, navab (release format), samples or opinions."
-    f = _files(Path(path))[0] if Path(path).exists() else path
-    recs, _ = read_records(f)
-    keys = set().union(*(r.keys() for _, r in recs[:20] if isinstance(r, dict))) if recs else set()
-    if {'raw_news', 'statement'} <= keys: return 'navab'
-    if {'question', 'options', 'distribution'} <= keys: return 'opinions'
-    if {'question', 'statement', 'reverse_statement'} <= keys: return 'samples'
-    return 'articles'
-
-# %% ../nbs/11_cli.ipynb #838669e6
-def check_file(path, kind: str = 'auto', nation: str | None = None, mapping: dict | None = None):
-    "Read and validate a data file as `kind`; return the `Checked` result."
-    kind = guess_kind(path) if kind == 'auto' else kind
-    if kind == 'articles': return load_articles(path, nation=nation, mapping=mapping)
-    if kind == 'navab':
-        if not nation: raise ValueError(f"{path}: NaVAB release files carry no nation: pass --nation (one of {', '.join(load_settings().nations)})")
-        return read_navab(path, nation)
-    if kind == 'samples': return load_samples(path, nation)
-    if kind == 'opinions': return read_opinions(path, [nation] if nation else None)
-    raise ValueError(f"unknown kind {kind!r}: one of auto, {', '.join(KINDS)}")
-
-# %% ../nbs/11_cli.ipynb #c55b6e7a
-def _problems(c, n=10) -> str:
-    "The first `n` problems of a check as lines `file:row: field: reason`."
-    q = c.quarantine.sort('row', nulls_last=True, maintain_order=True).head(n)   # in file order
-    return '\n'.join(f"  {r['file']}:{r['row']}: {r['field'] or '(row)'}: {r['reason']}" for r in q.iter_rows(named=True))
+__all__ = ['CHAPTER_COMMANDS', 'cmd_data_check', 'cmd_models', 'cmd_evaluate', 'cmd_compare', 'cmd_serve', 'parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #ae0bf38f
 def cmd_data_check(a) -> int:
     "navab data check: validate a file, print counts and the first problems, optionally write valid rows and quarantine."
     mapping = dict(kv.split('=', 1) for kv in a.map.split(',')) if a.map else None
-    c = check_file(a.file, a.kind, a.nation, mapping)
-    print(repr(c))
-    if len(c.quarantine): print(f"first problems:\n{_problems(c)}")
+    c = show_check(check_file(a.file, a.kind, a.nation, mapping), n=10, need_valid=False)
     if a.out: write_table(c.valid, a.out); print(f"valid rows -> {a.out}")
     if a.quarantine: write_table(c.quarantine, a.quarantine); print(f"quarantine -> {a.quarantine}")
     return 1 if len(c.quarantine) else 0
@@ -87,39 +54,19 @@ def cmd_models(a) -> int:
 def cmd_evaluate(a) -> int:
     "navab evaluate: score one model on samples (MC, AJ) or opinion items, write requests, scores, summary; exit 1 if rows were quarantined."
     from navab.evaluate import evaluate
-    c = read_opinions(a.samples, [a.nation] if a.nation else None) if a.method == 'opinions' else load_samples(a.samples, a.nation)
-    print(repr(c))
-    if len(c.quarantine):
-        write_table(c.quarantine, Path(a.out)/'quarantine.parquet'); print(f"first problems:\n{_problems(c, 5)}")
-    if not len(c.valid):
-        r = c.quarantine.row(0, named=True)
-        raise ValueError(f"{a.samples}: no valid samples: all {c.n_in} rows quarantined (first: row {r['row']}, {r['field']}: {r['reason']}); see {Path(a.out)/'quarantine.parquet'}")
+    c = read_opinions(a.samples, [a.nation] if a.nation else None) if a.method == 'opinions' else read_samples(a.samples, a.nation)
+    show_check(c, a.out)
     s = evaluate(c.valid, a.model, a.out, method=a.method, scoring=a.scoring, norm=a.norm, batch_size=a.batch_size, limit=a.limit,
                  seed=a.seed, judge=a.judge, chat=a.chat, dtype=a.dtype, max_new_tokens=a.max_new_tokens, device=a.device,
                  tokenizer=a.tokenizer, concurrency=a.concurrency)
     key = 'similarity' if a.method == 'opinions' else 'accuracy'
     print(f"{a.model} {a.method}: n={s['n']} {key}={s[key]:.3f} [95% CI {s['ci_low']:.3f}, {s['ci_high']:.3f}] in {s['wall_s']} s -> {a.out}")
     if len(c.quarantine):   # the valid rows are scored and stored; the exit code still says the input was not clean
-        r = c.quarantine.sort('row', nulls_last=True).row(0, named=True)
         done = f"kept, the first {a.limit} scored (--limit)" if a.limit and a.limit < len(c.valid) else 'scored'
-        print(f"navab: error: {r['file']}:{r['row']}: {r['field'] or '(row)'}: {r['reason']} ({len(c.quarantine)} of {c.n_in} rows "
+        print(f"navab: error: {problems(c, 1)[0]} ({c.counts['quarantined']} of {c.n_in} rows "
               f"quarantined, the {len(c.valid)} valid ones {done}; see {Path(a.out)/'quarantine.parquet'})", file=sys.stderr)
         return 1
     return 0
-
-# %% ../nbs/11_cli.ipynb #e22846c8
-def compare_runs(run_a, run_b, seed: int = 0) -> dict:
-    "Paired comparison of two runs on their common samples: accuracies, exact McNemar, paired-bootstrap CI of the difference."
-    from navab.stats import mcnemar_exact, paired_bootstrap
-    ra, rb = (pl.read_parquet(Path(r)/'scores.parquet') for r in (run_a, run_b))
-    j = ra.select('sample_id', pl.col('correct').alias('a')).join(rb.select('sample_id', pl.col('correct').alias('b')), on='sample_id')
-    if not len(j): raise ValueError(f"{run_a} and {run_b} share no sample ids")
-    mc = mcnemar_exact(j['a'].to_numpy(), j['b'].to_numpy())
-    d, lo, hi = paired_bootstrap(j['a'].to_numpy(), j['b'].to_numpy(), seed=seed)
-    sa, sb = (json.loads((Path(r)/'summary.json').read_text()) for r in (run_a, run_b))
-    mc.pop('n')
-    return dict(n=len(j), model_a=sa['model'], model_b=sb['model'], method_a=sa['method'], method_b=sb['method'],
-                acc_a=float(j['a'].mean()), acc_b=float(j['b'].mean()), diff=d, diff_ci_low=lo, diff_ci_high=hi, **mc)
 
 # %% ../nbs/11_cli.ipynb #4a227654
 def cmd_compare(a) -> int:
@@ -142,90 +89,8 @@ def cmd_serve(a) -> int:
                 host=a.host, port=a.port, log_level='warning')
     return 0
 
-# %% ../nbs/11_cli.ipynb #2ead80fe
-def plan(settings=None, models=None, nations=None, methods=None) -> list:
-    "The runs of the grid as dicts (model, nation, lang, method), defaults from the settings."
-    S = settings or load_settings()
-    ms = models or S.grid['models']; ns = [S.nation(n).code for n in (nations or S.grid['nations'])]
-    return [dict(model=m, nation=n, lang=S.nations[n].lang, method=k) for m in ms for n in ns for k in (methods or S.grid['methods'])]
-
-# %% ../nbs/11_cli.ipynb #cbf8d876
-def cmd_plan(a) -> int:
-    "navab plan: print the grid the settings describe."
-    S = load_settings(a.settings)
-    rows = plan(S, a.models and a.models.split(','), a.nations and a.nations.split(','))
-    print(f"settings: {S.path}\n{len(rows)} runs")
-    for r in rows: print(f"  {r['model']:<14} {r['nation']} ({r['lang']}) {r['method']}")
-    return 0
-
-# %% ../nbs/11_cli.ipynb #41c3cc96
-def _h(x) -> str:
-    "HTML-escape anything."
-    return html.escape(str(x))
-
-# %% ../nbs/11_cli.ipynb #95031fcf
-def _funnel(counts: dict) -> str:
-    "One line of an extraction's counts: rows kept by each stage [why the others went], and how many were quarantined."
-    why = lambda c: f" [{', '.join(f'{k} {n}' for k, n in c['reasons'].items())}]" if c.get('reasons') else ''
-    steps = [f"{st} {c['out']}{why(c)}" for st, c in counts.items() if isinstance(c, dict) and 'out' in c]
-    q = sum(c.get('quarantined', 0) for c in counts.values() if isinstance(c, dict))
-    return ' -> '.join(steps) + f" ({q} quarantined)"
-
-def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
-         aj_limit: int | None = 16, generator: str | None = None, articles: int | None = None, progress: bool = True,
-         opinions_limit: int | None = 40, device: str = 'auto', dtype: str = 'auto', align_steps: int | None = 8) -> Path:
-    "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html."
-    from tqdm.auto import tqdm
-    from .extract import extract
-    from .grid import run_grid, write_index, HK_FILES
-    S = load_settings(); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
-    t0, notes, samples = time.time(), [], {}
-    corpus = repo_root()/'data'/'demo'/'corpus'
-    shared = Path(shared) if shared else repo_root().parent/'shared'/'data'
-    for n in tqdm(S.grid['nations'], desc='extract', disable=not progress):
-        d = out/'extract'/n
-        counts = extract(corpus/f'{n}.jsonl', n, d, generator=generator, seed=S.seed, progress=progress, limit=articles,
-                         device=device, dtype=dtype)
-        notes.append(f"extract {n} (data/demo/corpus/{n}.jsonl, {'first ' + str(articles) if articles else 'all'} articles -> extract/{n}/): {_funnel(counts)}")
-        samples[n] = [d/'samples.parquet']
-    hk = shared/'navab-hk'
-    if hk.is_dir() and 'CN' in samples:
-        samples['CN'] += [hk/f for f in HK_FILES if (hk/f).is_file()]
-        notes.append(f"CN also gets the real NaVAB HK samples ({', '.join(HK_FILES)}) from {hk}")
-    else: notes.append(f"{hk} not found: China is evaluated on the demo corpus's samples alone")
-    goqa = shared/'global-opinions'/'eval.json'
-    methods = list(S.grid['methods']) + (['opinions'] if goqa.is_file() and 'opinions' not in S.grid['methods'] else [])
-    t1 = time.time()
-    run_grid(S.grid['models'], S.grid['nations'], samples, methods, out, workers or S.grid['workers'], limit, S.seed, progress,
-             aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit, device=device, dtype=dtype)
-    g = json.loads((out/'grid.json').read_text(encoding='utf-8'))
-    notes += g['notes'] + [f"extraction {t1 - t0:.0f} s, grid {time.time() - t1:.0f} s (navab {__version__}, seed {S.seed})"]
-    if align_steps: g['records'].append(_demo_align(out, S, align_steps, notes, device=device))
-    return write_index(out, g['records'], notes, f"navab demo: {S.name}")
-
-def _demo_align(out: Path, S, steps: int, notes: list, model: str = 'smollm2-135m', device: str = 'auto') -> dict:
-    "The demo's one alignment run: `model` toward the nation with the most samples, `steps` LoRA steps, MC and pref on the held-out pairs."
-    from .grid import align_job, REPORTS
-    n_by = {p.stem: pl.scan_parquet(p).select(pl.len()).collect().item() for p in sorted((out/'samples').glob('*.parquet'))}
-    best = max(n_by, key=lambda k: (n_by[k], k))
-    t = time.time()
-    rec = align_job(dict(out=str(out), model=model, nation=best, samples=str(out/'samples'/f'{best}.parquet'), seed=S.seed, template=str(REPORTS/'align.ipynb'),
-                         align_options=dict(steps=steps, batch_size=2, max_length=128, methods=['mc', 'pref'], save_steps=steps, device=device)))
-    notes.append(f"align: {model} toward {best} (the most samples: {n_by[best]}), {steps} LoRA steps, MC and pref on the held-out pairs, {time.time() - t:.0f} s "
-                 f"(navab demo --align-steps N; 0 leaves it out)")
-    return rec
-
-# %% ../nbs/11_cli.ipynb #971ed33d
-def cmd_demo(a) -> int:
-    "navab demo: run the demo and say where the page is (its last line)."
-    p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit or None, generator=a.generator,
-             articles=a.articles or None, opinions_limit=a.opinions_limit or None, device=a.device, dtype=a.dtype,
-             align_steps=a.align_steps)
-    print(f"demo report: {p.resolve()}")
-    return 0
-
 # %% ../nbs/11_cli.ipynb #8f4d4580
-CHAPTER_COMMANDS = ('extract', 'grid', 'robustness', 'align')  # chapters that bring their own subcommand: `add_cli(sub)`
+CHAPTER_COMMANDS = ('extract', 'robustness', 'align', 'grid', 'demo')  # chapters that bring their own subcommand: `add_cli(sub)`
 
 def _chapter_cli(name: str, sub):
     "Let chapter `navab.<name>` add its subcommand through its `add_cli(sub)`, when that chapter exists."
@@ -258,7 +123,8 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_data_check)
     e = sub.add_parser('evaluate', help='score a model on samples with MC, AJ (or GlobalOpinionQA opinions)')
     e.add_argument('--samples', required=True, help='the released NaVAB by name (JadenGGGeee/NaVAB[:CONFIG[/SPLIT]], e.g. :French/quoted; '
-                   'the config names the nation), a NaVAB release JSON (needs --nation), a navab samples file, or a GlobalOpinionQA file (--method opinions)')
+                   'the config names the nation), a NaVAB release JSON (needs --nation), a navab samples file, a folder of them (<NATION>/samples.parquet: '
+                   'its --nation part, else all), or a GlobalOpinionQA file (--method opinions)')
     e.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
     e.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     e.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
@@ -282,17 +148,6 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument('--max-batch', type=int, default=64, help='concurrent echo requests gathered into one engine call, up to N prompts')
     sv.add_argument('--batch-wait-ms', type=float, default=5.0, help='how long the first request waits for others to join its batch')
     device_args(sv); sv.set_defaults(fn=cmd_serve)
-    pl_ = sub.add_parser('plan', help='print the grid of runs that settings.ini describes')
-    pl_.add_argument('--settings'); pl_.add_argument('--models'); pl_.add_argument('--nations')
-    pl_.set_defaults(fn=cmd_plan)
-    de = sub.add_parser('demo', help='run the demo on the embedded defaults and write reports/index.html')
-    de.add_argument('--out', default='reports'); de.add_argument('--workers', type=int, help='reports in parallel processes')
-    de.add_argument('--limit', type=int, help='at most N samples per run'); de.add_argument('--aj-limit', type=int, default=16, help='at most N samples per AJ run (default 16; 0: all)')
-    de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
-    de.add_argument('--articles', type=int, default=0, help='extract from the first N articles of each nation (default 0: all 40)')
-    de.add_argument('--opinions-limit', type=int, default=40, help='at most N GlobalOpinionQA items per nation (default 40; 0: all)')
-    de.add_argument('--align-steps', type=int, default=8, help='DPO steps of the demo alignment run (SmolLM2, LoRA; default 8; 0: no alignment run)')
-    device_args(de); de.set_defaults(fn=cmd_demo)
     for name in CHAPTER_COMMANDS: _chapter_cli(name, sub)
     return p
 

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 import polars as pl
 from .settings import load_settings, repo_root
-from .schema import validate_records, quarantine_frame, Checked, combine, _raw
+from .schema import validate_records, quarantine_frame, Checked, combine, _raw, problems, write_table
 
 # %% auto #0
-__all__ = ['FORMATS', 'MAX_LINE', 'STREAM_EXT', 'NAVAB_RELEASE', 'RELEASE_CONFIGS', 'RELEASE_SPLITS', 'read_records',
-           'article_id', 'load_articles', 'corpus_files', 'parquet_batches', 'iter_records', 'stream_articles',
-           'write_partitions', 'source_type_of', 'read_navab', 'navab_records', 'Release', 'parse_release',
-           'load_release', 'release_nations', 'release_part', 'load_samples', 'read_opinions']
+__all__ = ['FORMATS', 'MAX_LINE', 'STREAM_EXT', 'NAVAB_RELEASE', 'RELEASE_CONFIGS', 'RELEASE_SPLITS', 'load_samples', 'KINDS',
+           'read_records', 'article_id', 'load_articles', 'corpus_files', 'parquet_batches', 'iter_records',
+           'stream_articles', 'write_partitions', 'source_type_of', 'read_navab', 'navab_records', 'Release',
+           'parse_release', 'load_release', 'release_nations', 'release_part', 'samples_in', 'read_samples',
+           'show_check', 'read_opinions', 'guess_kind', 'check_file']
 
 # %% ../nbs/02_data.ipynb #d29352e1
 FORMATS = ('jsonl', 'json', 'csv', 'parquet', 'hf')
@@ -410,10 +411,8 @@ def release_part(spec, nation: str) -> str | None:
     return f"{rel.source}:{cfg}" + (f"/{rel.splits[0]}" if len(rel.splits) == 1 else '')
 
 # %% ../nbs/02_data.ipynb #742659c7
-def load_samples(path: str | Path, nation: str | None = None, settings=None) -> Checked:
-    "Samples from the released NaVAB by name (`ID[:CONFIG[/SPLIT]]`), a NaVAB release JSON (nation named by the caller) or a navab samples file (JSONL, JSON, CSV, Parquet)."
-    S = settings or load_settings()
-    if parse_release(path, nation): return load_release(path, nation, S)
+def _sample_file(path, nation: str | None, S) -> Checked:
+    "Samples of one file: a NaVAB release JSON (nation named by the caller) or a navab samples file (JSONL, JSON, CSV, Parquet)."
     recs, bad = read_records(path)
     if any(isinstance(r, dict) and 'generated Q' in r for _, r in recs[:50]):
         if not nation: raise ValueError(f"{path}: NaVAB release files carry no nation: name it (one of {', '.join(S.nations)})")
@@ -423,6 +422,57 @@ def load_samples(path: str | Path, nation: str | None = None, settings=None) -> 
         recs = [(i, {**r, 'nation': r.get('nation') or code}) if isinstance(r, dict) else (i, r) for i, r in recs]
     n_in = len(recs) + len({b['row'] for b in bad})
     return validate_records(recs, 'samples', str(path), 'samples', tuple(S.nations), prior=quarantine_frame(bad), n_in=n_in)
+
+def samples_in(folder: Path, nation: str) -> list:
+    "The samples a folder holds for a nation: its extraction output (`<NATION>/samples.parquet`), a per-nation file, or its config of a NaVAB release name."
+    if part := release_part(folder, nation): return [part]
+    for c in (folder/nation/'samples.parquet', folder/nation.lower()/'samples.parquet', folder/'extract'/nation/'samples.parquet',
+              folder/f'{nation}.parquet', folder/f'{nation}.jsonl'):
+        if c.is_file(): return [c]
+    return []
+
+# %% ../nbs/02_data.ipynb #975b709a
+_DATA_EXT = ('.jsonl', '.ndjson', '.json', '.csv', '.parquet')
+
+def _folder_samples(p: Path, nation: str | None, S) -> list:
+    "The sample files of a folder: a nation's part of its per-nation layout (every nation's without one), else every data file in it."
+    by = {n: samples_in(p, n) for n in S.nations}
+    if any(by.values()):
+        files = by[S.nation(nation).code] if nation else [f for fs in by.values() for f in fs]
+        if not files: raise FileNotFoundError(f"{p}: no samples for {S.nation(nation).code} (it holds {', '.join(n for n, fs in by.items() if fs)})")
+        return files
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in _DATA_EXT)
+    if not files: raise IsADirectoryError(f"{p}: is a directory, expected a file (or a folder of samples: <NATION>/samples.parquet, <NATION>.parquet, "
+                                          f"<NATION>.jsonl or sample files)")
+    return files
+
+def read_samples(spec, nation: str | None = None, settings=None) -> Checked:
+    "Samples from any input, validated with bad rows quarantined: the released NaVAB by name (`ID[:CONFIG[/SPLIT]]`), a file, a folder, or a list of them."
+    S = settings or load_settings()
+    if isinstance(spec, (list, tuple)):
+        if not spec: raise ValueError("no samples given")
+        cs = [read_samples(s, nation, S) for s in spec]
+        return cs[0] if len(cs) == 1 else combine(cs, ', '.join(map(str, spec)))
+    if parse_release(spec, nation): return load_release(spec, nation, S)
+    p = Path(spec)
+    if p.is_dir() and not any((p/f).exists() for f in ('dataset_info.json', 'dataset_dict.json', 'state.json')):   # not a saved HF dataset
+        return read_samples(_folder_samples(p, nation, S), nation, S)
+    return _sample_file(spec, nation, S)
+
+load_samples = read_samples   # its earlier name
+
+# %% ../nbs/02_data.ipynb #bcf20df1
+def show_check(c: Checked, out: str | Path | None = None, n: int = 5, need_valid: bool = True, log=print) -> Checked:
+    "Print a check's counts and its first `n` problems, write its quarantine to `out/quarantine.parquet`; with `need_valid`, fail when no row is valid."
+    log(repr(c))
+    q = Path(out)/'quarantine.parquet' if out else None
+    if len(c.quarantine):
+        if q: write_table(c.quarantine, q)
+        log("first problems:\n" + '\n'.join(f"  {l}" for l in problems(c, n)))
+    if need_valid and not len(c.valid):
+        why = f"all {c.n_in} rows quarantined (first: {problems(c, 1, file=False)[0]})" if len(c.quarantine) else 'it holds none'
+        raise ValueError(f"{c.file}: no valid samples: {why}" + (f"; see {q}" if q and len(c.quarantine) else ''))
+    return c
 
 # %% ../nbs/02_data.ipynb #2a39aa96
 def read_opinions(path: str | Path, nations=None, settings=None) -> Checked:
@@ -447,3 +497,28 @@ def read_opinions(path: str | Path, nations=None, settings=None) -> Checked:
         iid = hashlib.sha256(f"{r['country']}\n{q}".encode()).hexdigest()[:12]
         rows.append((i, dict(id=f"goqa-{iid}", nation=country[r['country']], country=r['country'], question=q, options=o, distribution=d)))
     return validate_records(rows, 'opinions', str(path), 'opinions', tuple(S.nations), prior=quarantine_frame(bad), n_in=n_in + len([b for b in bad if b['stage'] == 'read']))
+
+# %% ../nbs/02_data.ipynb #6e3502a2
+KINDS = ('articles', 'navab', 'samples', 'opinions')
+
+def guess_kind(path: str | Path) -> str:
+    "What a data file holds, from the fields of its first records: articles, navab (release format), samples or opinions."
+    f = _files(Path(path))[0] if Path(path).exists() else path
+    recs, _ = read_records(f)
+    keys = set().union(*(r.keys() for _, r in recs[:20] if isinstance(r, dict))) if recs else set()
+    if {'raw_news', 'statement'} <= keys: return 'navab'
+    if {'question', 'options', 'distribution'} <= keys: return 'opinions'
+    if {'question', 'statement', 'reverse_statement'} <= keys: return 'samples'
+    return 'articles'
+
+# %% ../nbs/02_data.ipynb #838669e6
+def check_file(path, kind: str = 'auto', nation: str | None = None, mapping: dict | None = None):
+    "Read and validate a data file as `kind`; return the `Checked` result."
+    kind = guess_kind(path) if kind == 'auto' else kind
+    if kind == 'articles': return load_articles(path, nation=nation, mapping=mapping)
+    if kind == 'navab':
+        if not nation: raise ValueError(f"{path}: NaVAB release files carry no nation: pass --nation (one of {', '.join(load_settings().nations)})")
+        return read_navab(path, nation)
+    if kind == 'samples': return read_samples(path, nation)
+    if kind == 'opinions': return read_opinions(path, [nation] if nation else None)
+    raise ValueError(f"unknown kind {kind!r}: one of auto, {', '.join(KINDS)}")

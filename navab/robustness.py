@@ -243,19 +243,12 @@ def show_robustness(dirs, seed: int = 0) -> list:
 
 # %% ../nbs/10_robustness.ipynb #0d10a984
 def _read_samples(paths, nation, out, limit: int | None = None) -> pl.DataFrame:
-    "Valid samples of several files (the first `limit` of each); their quarantine written to `out/quarantine.parquet` and summarised."
-    from navab.data import load_samples
-    from navab.schema import combine, write_table
-    cs = [load_samples(p, nation) for p in paths]
-    c = combine(cs, ', '.join(map(str, paths)))
-    valid = pl.concat([x.valid.head(limit) if limit else x.valid for x in cs], how='diagonal_relaxed')
-    print(repr(c))
-    if len(c.quarantine):
-        write_table(c.quarantine, Path(out)/'quarantine.parquet')
-        for r in c.quarantine.head(5).iter_rows(named=True): print(f"  {r['file']}:{r['row']}: {r['field'] or '(row)'}: {r['reason']}")
-    if not len(c.valid):
-        raise ValueError(f"{paths[0]}: no valid samples: all {c.n_in} rows quarantined; see {Path(out)/'quarantine.parquet'}")
-    return valid
+    "Valid samples of several inputs (the first `limit` of each): their counts and first problems printed, their quarantine written to `out/quarantine.parquet`."
+    from navab.data import read_samples, show_check
+    from navab.schema import combine
+    cs = [read_samples(p, nation) for p in paths]
+    show_check(combine(cs, ', '.join(map(str, paths))), out)
+    return pl.concat([x.valid.head(limit) if limit else x.valid for x in cs], how='diagonal_relaxed')
 
 def cmd_robustness(a) -> int:
     "navab robustness: re-score samples under the variations table; write variations, flips and summary to --out."
@@ -270,7 +263,7 @@ def cmd_robustness(a) -> int:
 def add_cli(sub):
     "Add `navab robustness` to the `navab` command's subparsers."
     p = sub.add_parser('robustness', help='re-score samples under prompt-format variations: accuracy per variation, decision flips, permutation test')
-    p.add_argument('--samples', required=True, nargs='+', help='one or more sample files (NaVAB release JSON needs --nation) or release names (JadenGGGeee/NaVAB:CONFIG[/SPLIT])')
+    p.add_argument('--samples', required=True, nargs='+', help='one or more sample files (NaVAB release JSON needs --nation), folders of them or release names (JadenGGGeee/NaVAB:CONFIG[/SPLIT])')
     p.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
     p.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     p.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')

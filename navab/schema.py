@@ -13,7 +13,8 @@ from .settings import load_settings
 
 # %% auto #0
 __all__ = ['SOURCE_TYPES', 'NATION', 'SCHEMAS', 'QUARANTINE', 'Field', 'schema', 'quarantine_frame', 'Checked',
-           'validate_records', 'validate_frame', 'combine', 'sweep_tmp', 'atomic_write', 'write_table']
+           'validate_records', 'validate_frame', 'combine', 'problem_line', 'problems', 'sweep_tmp', 'atomic_write',
+           'write_table']
 
 # %% ../nbs/01_schema.ipynb #7b15d630
 @dataclass(frozen=True)
@@ -153,6 +154,19 @@ def combine(checks, file: str = '<many>') -> Checked:
     "Merge the checks of several files of one kind into one."
     return Checked(pl.concat([c.valid for c in checks], how='diagonal_relaxed'), pl.concat([c.quarantine for c in checks]),
                    sum(c.n_in for c in checks), checks[0].kind, file)
+
+# %% ../nbs/01_schema.ipynb #094ec512
+def problem_line(r: dict, file: bool = True) -> str:
+    "One quarantine row as the line every command prints: `file:row: field: reason` (`row N: field: reason` without the file)."
+    where = f"{r['file']}:{r['row']}" if file else f"row {r['row']}"
+    return f"{where}: {r['field'] or '(row)'}: {r['reason']}"
+
+def problems(c, n: int = 10, file: bool = True) -> list:
+    "The first `n` problems of a check (or a quarantine frame) as `problem_line`s, in file order: files as they came, rows ascending."
+    q = c.quarantine if isinstance(c, Checked) else c
+    order = {f: i for i, f in enumerate(dict.fromkeys(q['file'].to_list()))}
+    rows = sorted(q.iter_rows(named=True), key=lambda r: (order[r['file']], r['row'] is None, r['row'] or 0))   # stable: a row's fields keep their order
+    return [problem_line(r, file) for r in rows[:n]]
 
 # %% ../nbs/01_schema.ipynb #1171d538
 _TMP = re.compile(r'^\..+\.(\d+)\.[A-Za-z0-9_]+\.tmp$')   # `.NAME.PID.RANDOM.tmp`: what atomic_write leaves while it writes

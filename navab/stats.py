@@ -5,14 +5,15 @@ same samples (exact McNemar, paired bootstrap), agreement, and the GlobalOpinion
 
 # %% ../nbs/05_stats.ipynb #d618c5aa
 from __future__ import annotations
-import math
+import json, math
+from pathlib import Path
 import numpy as np
 import polars as pl
 from scipy import stats as st
 from scipy.spatial.distance import jensenshannon
 
 # %% auto #0
-__all__ = ['bootstrap_ci', 'accuracy_table', 'mcnemar_exact', 'paired_bootstrap', 'agreement', 'similarity']
+__all__ = ['bootstrap_ci', 'accuracy_table', 'mcnemar_exact', 'paired_bootstrap', 'compare_runs', 'agreement', 'similarity']
 
 # %% ../nbs/05_stats.ipynb #baf9590a
 def bootstrap_ci(x, seed: int = 0, n_resamples: int = 10_000, level: float = 0.95, stat=np.mean) -> tuple:
@@ -52,6 +53,19 @@ def paired_bootstrap(a, b, seed: int = 0, n_resamples: int = 10_000, level: floa
     "(difference, low, high): mean(a) - mean(b) over paired samples with a seeded paired-bootstrap interval."
     d = np.asarray(a, float) - np.asarray(b, float)
     return bootstrap_ci(d, seed=seed, n_resamples=n_resamples, level=level)
+
+# %% ../nbs/05_stats.ipynb #e22846c8
+def compare_runs(run_a, run_b, seed: int = 0) -> dict:
+    "Paired comparison of two runs on their common samples: accuracies, exact McNemar, paired-bootstrap CI of the difference."
+    ra, rb = (pl.read_parquet(Path(r)/'scores.parquet') for r in (run_a, run_b))
+    j = ra.select('sample_id', pl.col('correct').alias('a')).join(rb.select('sample_id', pl.col('correct').alias('b')), on='sample_id')
+    if not len(j): raise ValueError(f"{run_a} and {run_b} share no sample ids")
+    mc = mcnemar_exact(j['a'].to_numpy(), j['b'].to_numpy())
+    d, lo, hi = paired_bootstrap(j['a'].to_numpy(), j['b'].to_numpy(), seed=seed)
+    sa, sb = (json.loads((Path(r)/'summary.json').read_text()) for r in (run_a, run_b))
+    mc.pop('n')
+    return dict(n=len(j), model_a=sa['model'], model_b=sb['model'], method_a=sa['method'], method_b=sb['method'],
+                acc_a=float(j['a'].mean()), acc_b=float(j['b'].mean()), diff=d, diff_ci_low=lo, diff_ci_high=hi, **mc)
 
 # %% ../nbs/05_stats.ipynb #16af9900
 def agreement(a, b) -> dict:

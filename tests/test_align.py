@@ -274,7 +274,7 @@ def _tables(page):
 
 def test_report_shows_ablation_and_cross_nation_tables(crossed, tmp_path):
     "The alignment report, run through papermill on the folder align wrote, shows both ablation arms, their difference with its CI, and the cross-nation tables, with the numbers in align.json."
-    from navab.grid import execute_report
+    from navab.reports import execute_report
     from navab.analysis import _fmt
     r = execute_report(ROOT / 'nbs' / 'reports' / 'align.ipynb', dict(align_dir=str(crossed['out']), seed=0), tmp_path / 'align.ipynb',
                        tmp_path / 'align.html', tmp_path)

@@ -83,7 +83,8 @@ def test_tiny_served_equals_in_process_and_resumes_after_kill(tiny_model, tmp_pa
 def test_grid_and_robustness_through_a_served_model_equal_in_process(tiny_model, tmp_path):
     "navab grid (MC and robustness) on a model behind navab serve (its batcher gathering the client's concurrent requests) gives what the in-process grid gives."
     from conftest import _samples
-    from navab.grid import run_grid, run_dir
+    from navab.grid import run_grid
+    from navab.runs import run_dir
     f = _samples(tmp_path / 'fr.parquet')
     run_grid([str(tiny_model)], ['FR'], {'FR': [f]}, ['mc', 'robustness'], tmp_path / 'local', progress=False, robust_limit=4)
     with serve(str(tiny_model), None, '--served-name', 'tiny-llama', '--batch-wait-ms', '20') as (url, _):

@@ -21,9 +21,9 @@ def _de_samples(path: Path) -> Path:
 
 @pytest.fixture(scope='module')
 def ray_local():
-    "A local Ray instance on 2 CPUs for this module, shut down after it (navab.grid.ray_start: three tries, leftovers of a failed one stopped)."
+    "A local Ray instance on 2 CPUs for this module, shut down after it (navab.executor.ray_start: three tries, leftovers of a failed one stopped)."
     import ray.dashboard.agent, ray.dashboard.modules.reporter.reporter_agent   # noqa: F401  warm the agent's imports
-    from navab.grid import ray_start, _ray_children
+    from navab.executor import ray_start, _ray_children
     try: ray_start(num_cpus=2, object_store_memory=100 * 2**20)
     except RuntimeError as e: pytest.skip(f"{e} (Ray 2.60's raylet gives its agents a fixed 15 s; this machine is too busy for that now)")
     yield ray

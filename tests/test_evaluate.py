@@ -104,7 +104,7 @@ def test_opinions_five_nations(shared, tmp_path):
 
 def test_grid_limits_per_method(shared, tiny_model, tmp_path):
     "evaluate_pair: --opinions-limit caps the opinions run, --aj-limit the AJ run, --limit the rest; each run's key holds its own cap."
-    from navab.grid import evaluate_pair
+    from navab.runs import evaluate_pair
     samples = tmp_path / 'fr.parquet'
     pl.DataFrame(dict(id=[f'fr{i}' for i in range(6)], nation=['FR'] * 6, lang=['fr'] * 6, source_type=['official', 'quoted'] * 3,
                       question=[f"L'État doit-il agir {i} ?" for i in range(6)], statement=[f"L'État doit agir {i}." for i in range(6)],

@@ -176,10 +176,10 @@ def test_hub_id_goes_through_load_dataset(release, monkeypatch):
 
 
 def test_grid_takes_every_nation_from_one_name(release, tmp_path, monkeypatch):
-    import navab.grid as G
-    found = G.find_samples(release_nations(release), G.parse_samples([str(release)]))
+    import navab.grid as G, navab.runs as R
+    found = R.find_samples(release_nations(release), R.parse_samples([str(release)]))
     assert {n: [str(f) for f in fs] for n, fs in found.items()} == {c: [f'{release}:{cfg}'] for cfg, c in RELEASE_CONFIGS.items()}
-    p, k, bad = G.nation_samples(found['DE'], 'DE', tmp_path)
+    p, k, bad = R.nation_samples(found['DE'], 'DE', tmp_path)
     assert (k, bad) == (6, 0)
     seen = {}
     def fake_run_grid(models, nations, samples, *a, **kw):    # what `navab grid --samples NAME` asks the grid for
