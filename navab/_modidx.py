@@ -209,6 +209,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'navab.generate.generation_key': ('generate.html#generation_key', 'navab/generate.py'),
                                 'navab.generate.lang_vocab': ('generate.html#lang_vocab', 'navab/generate.py')},
             'navab.grid': { 'navab.grid._clean_partials': ('grid.html#_clean_partials', 'navab/grid.py'),
+                            'navab.grid._pairs': ('grid.html#_pairs', 'navab/grid.py'),
                             'navab.grid.add_cli': ('grid.html#add_cli', 'navab/grid.py'),
                             'navab.grid.cmd_grid': ('grid.html#cmd_grid', 'navab/grid.py'),
                             'navab.grid.cmd_plan': ('grid.html#cmd_plan', 'navab/grid.py'),

@@ -52,15 +52,18 @@ def cmd_models(a) -> int:
 
 # %% ../nbs/11_cli.ipynb #48dc718d
 def cmd_evaluate(a) -> int:
-    "navab evaluate: score one model on samples (MC, AJ) or opinion items, write requests, scores, summary; exit 1 if rows were quarantined."
+    "navab evaluate: score one model on a task's samples (or items), write requests, scores, summary; exit 1 if rows were quarantined."
     from navab.evaluate import evaluate
-    c = read_opinions(a.samples, [a.nation] if a.nation else None) if a.method == 'opinions' else read_samples(a.samples, a.nation)
+    from navab.tasks import get_task
+    t = get_task(a.task)
+    c = t.load(a.samples, a.nation) if t.load else read_samples(a.samples, a.nation)
     show_check(c, a.out)
-    s = evaluate(c.valid, a.model, a.out, method=a.method, scoring=a.scoring, norm=a.norm, batch_size=a.batch_size, limit=a.limit,
-                 seed=a.seed, judge=a.judge, chat=a.chat, dtype=a.dtype, max_new_tokens=a.max_new_tokens, device=a.device,
-                 tokenizer=a.tokenizer, concurrency=a.concurrency)
-    key = 'similarity' if a.method == 'opinions' else 'accuracy'
-    print(f"{a.model} {a.method}: n={s['n']} {key}={s[key]:.3f} [95% CI {s['ci_low']:.3f}, {s['ci_high']:.3f}] in {s['wall_s']} s -> {a.out}")
+    s = evaluate(c.valid, a.model, a.out, task=t, scoring=a.scoring, norm=a.norm, order=a.order, chat=a.chat or None, max_new_tokens=a.max_new_tokens,
+                 batch_size=a.batch_size, limit=a.limit, seed=a.seed, judge=a.judge, dtype=a.dtype, device=a.device, tokenizer=a.tokenizer, concurrency=a.concurrency)
+    extra = (f" (position-debiased; S as A {s['accuracy_by_order']['S as A']['estimate']:.3f}, S as B {s['accuracy_by_order']['S as B']['estimate']:.3f}, "
+             f"consistency {s['position_consistency']['estimate']:.3f})" if s.get('accuracy_debiased') else '')
+    if s.get('one_letter'): extra += f"; mostly one letter: {s['top_letter']} in {s['top_letter_share']:.0%} of decisions"
+    print(f"{a.model} {t.name}: n={s['n']} {t.metric}={s[t.metric]:.3f} [95% CI {s['ci_low']:.3f}, {s['ci_high']:.3f}]{extra} in {s['wall_s']} s -> {a.out}")
     if len(c.quarantine):   # the valid rows are scored and stored; the exit code still says the input was not clean
         done = f"kept, the first {a.limit} scored (--limit)" if a.limit and a.limit < len(c.valid) else 'scored'
         print(f"navab: error: {problems(c, 1)[0]} ({c.counts['quarantined']} of {c.n_in} rows "
@@ -90,7 +93,7 @@ def cmd_serve(a) -> int:
     return 0
 
 # %% ../nbs/11_cli.ipynb #8f4d4580
-CHAPTER_COMMANDS = ('extract', 'robustness', 'align', 'grid', 'demo')  # chapters that bring their own subcommand: `add_cli(sub)`
+CHAPTER_COMMANDS = ('tasks', 'extract', 'robustness', 'align', 'grid', 'demo')  # chapters that bring their own subcommand: `add_cli(sub)`
 
 def _chapter_cli(name: str, sub):
     "Let chapter `navab.<name>` add its subcommand through its `add_cli(sub)`, when that chapter exists."
@@ -121,22 +124,23 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument('--map', help='rename source fields, e.g. body=text,source=outlet')
     c.add_argument('--out', help='write the valid rows to this Parquet file'); c.add_argument('--quarantine', help='write the quarantine to this Parquet file')
     c.set_defaults(fn=cmd_data_check)
-    e = sub.add_parser('evaluate', help='score a model on samples with MC, AJ (or GlobalOpinionQA opinions)')
+    e = sub.add_parser('evaluate', help='score a model on a task: MC, AJ, pref, GlobalOpinionQA opinions, ... (navab tasks lists them)')
     e.add_argument('--samples', required=True, help='the released NaVAB by name (JadenGGGeee/NaVAB[:CONFIG[/SPLIT]], e.g. :French/quoted; '
                    'the config names the nation), a NaVAB release JSON (needs --nation), a navab samples file, a folder of them (<NATION>/samples.parquet: '
-                   'its --nation part, else all), or a GlobalOpinionQA file (--method opinions)')
+                   'its --nation part, else all), or a GlobalOpinionQA file (--task opinions)')
     e.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
     e.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     e.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
-    e.add_argument('--method', default='mc', choices=['mc', 'aj', 'pref', 'opinions'])
+    e.add_argument('--task', '--method', dest='task', default='mc', help='the task (navab tasks lists them; --method is its old name): mc, aj, pref, opinions, ...')
+    e.add_argument('--order', choices=['seeded', 's_first', 'rs_first', 'both'], help="MC's option order (default seeded); both: S as A and as B, position-debiased")
     e.add_argument('--nation', help='nation code (CN, US, UK, FR, DE) for files that carry none')
-    e.add_argument('--scoring', default='answer', choices=['answer', 'navab'], help="answer: log-prob of the answer label; navab: the original whole-prompt perplexity")
-    e.add_argument('--norm', default='none', choices=['none', 'token', 'char', 'byte'])
-    e.add_argument('--batch-size', type=int, default=16); e.add_argument('--limit', type=int); e.add_argument('--seed', type=int, default=0)
+    e.add_argument('--scoring', choices=['answer', 'navab'], help="answer: log-prob of the answer label; navab: the original whole-prompt perplexity")
+    e.add_argument('--norm', choices=['none', 'token', 'char', 'byte'], help='default none')
+    e.add_argument('--batch-size', type=int, help='default 16'); e.add_argument('--limit', type=int); e.add_argument('--seed', type=int, default=0)
     e.add_argument('--judge', help='AJ judge model (default: the evaluated model)')
     e.add_argument('--chat', action='store_true', help="wrap prompts in the model's chat template")
     device_args(e)
-    e.add_argument('--max-new-tokens', type=int, default=48, help='AJ answer length cap')
+    e.add_argument('--max-new-tokens', type=int, help='AJ answer length cap (default 48)')
     e.add_argument('--out', required=True); e.set_defaults(fn=cmd_evaluate)
     co = sub.add_parser('compare', help='paired comparison of two evaluate runs (exact McNemar, paired bootstrap)')
     co.add_argument('run_a'); co.add_argument('run_b'); co.add_argument('--seed', type=int, default=0); co.set_defaults(fn=cmd_compare)

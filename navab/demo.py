@@ -50,7 +50,8 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
     methods = list(S.grid['methods']) + (['opinions'] if goqa.is_file() and 'opinions' not in S.grid['methods'] else [])
     t1 = time.time()
     run_grid(S.grid['models'], S.grid['nations'], samples, methods, out, workers or S.grid['workers'], limit, S.seed, progress,
-             aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit, device=device, dtype=dtype)
+             aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit, device=device, dtype=dtype,
+             options=dict(order=S.grid['order']))
     g = json.loads((out/'grid.json').read_text(encoding='utf-8'))
     notes += g['notes'] + [f"extraction {t1 - t0:.0f} s, grid {time.time() - t1:.0f} s (navab {__version__}, seed {S.seed})"]
     if align_steps: g['records'].append(_demo_align(out, S, align_steps, notes, device=device))

@@ -9,6 +9,7 @@ import fnmatch, os
 from pathlib import Path
 from .settings import safe_name
 from .analysis import label
+from .runs import GRID_EXTRAS
 from .jobs import pair_job, align_job, _evaluate_job, _report_job, _study_job, _failed, _pair, _align_name, _first
 
 # %% auto #0
@@ -119,8 +120,9 @@ def _ray_grid(jobs: list, study: dict, address: str | None = None, gpus_per_run:
         refs = {}
         for j in jobs:
             j, ms = dict(j, **extra), {}
-            for m in sorted(j['methods'], key=lambda m: m != 'mc'):   # MC first: robustness waits for it
-                ms[m] = ev.remote(j, m, *([ms['mc']] if m == 'robustness' and 'mc' in ms else []))
+            for m in sorted(j['methods'], key=lambda m: m in GRID_EXTRAS):   # tasks first: robustness waits for the MC run it sits beside
+                after = GRID_EXTRAS.get(m)
+                ms[m] = ev.remote(j, m, *([ms[after]] if after in ms else []))
             refs[rp.remote(j, *ms.values())] = j
         al = ray.remote(_ray_align).options(num_cpus=1, num_gpus=gpus_per_run or 0, max_retries=retries)   # training wants the GPU most
         for j in ajobs: refs[al.remote(dict(j, **extra))] = dict(j, kind='align')

@@ -14,6 +14,8 @@ from .data import release_nations
 from .runs import parse_samples, find_samples, nation_samples
 from .reports import REPORTS, write_index
 from .executor import _local_grid, _ray_grid
+from .runs import GRID_EXTRAS
+
 
 # %% auto #0
 __all__ = ['plan', 'cmd_plan', 'run_grid', 'cmd_grid', 'add_cli']
@@ -46,8 +48,9 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
              reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None,
              executor: str = 'local', address: str | None = None, gpus_per_run: float = 0, retries: int = 2,
-             device: str = 'auto', dtype: str = 'auto', backend: dict | None = None, align_options: dict | None = None) -> Path:
-    "Evaluate and report every model x nation (papermill; in local processes or as Ray tasks), then the study report, then `out/index.html`: its path."
+             device: str = 'auto', dtype: str = 'auto', backend: dict | None = None, align_options: dict | None = None, tasks=None,
+             options: dict | None = None, limits: dict | None = None, data: dict | None = None) -> Path:
+    "Evaluate and report every model x nation with each task (papermill; local processes or Ray tasks), then the study report, then `out/index.html`: its path."
     if executor not in ('local', 'ray'): raise ValueError(f"executor {executor!r}: use 'local' or 'ray'")
     from tqdm.auto import tqdm
     S = load_settings(settings); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +60,11 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     dtype = resolve_dtype(dtype, resolve_device(device))   # concrete, so a run's key says what it was scored in
     nations = [S.nation(n).code for n in nations]
     found, notes, jobs = find_samples(nations, samples, S), [], []
+    methods = list(tasks or methods)                                               # `tasks`: the newer name of `methods`
     aligns, methods = 'align' in methods, [m for m in methods if m != 'align']      # align: its own jobs and report (align_job)
+    from navab.tasks import get_task
+    for m in methods:
+        if m not in GRID_EXTRAS: get_task(m)                                           # an unknown task: one clear line before anything runs
     for n in nations:
         if not found[n]: notes.append(f"{n}: no samples found (give --samples {n}=PATH, or run navab extract): left out"); continue
         p, k, bad = nation_samples(found[n], n, out, S)
@@ -65,7 +72,8 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
         if not k: continue
         jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
                       opinions_limit=opinions_limit, max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
-                      no_input=no_input, timeout=timeout, device=device, dtype=dtype, backend=backend or {}) for m in models]
+                      no_input=no_input, timeout=timeout, device=device, dtype=dtype, backend=backend or {}, options=options or {},
+                      limits=limits or {}, data={k: str(v) for k, v in (data or {}).items()}) for m in models]
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
     if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")
     ajobs = [dict(j, align_options=align_options, template=str(reports/'align.ipynb')) for j in jobs] if aligns else []
@@ -79,6 +87,16 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     return write_index(out, recs, notes, f"navab study: {S.name}")
 
 # %% ../nbs/10f_grid.ipynb #a43c5ad9
+def _pairs(items, cast, flag: str) -> dict:
+    "`KEY=VALUE` options as a dict, values cast; a clear error naming the flag."
+    out = {}
+    for x in items or []:
+        k, sep, v = x.partition('=')
+        if not sep or not k.strip(): raise ValueError(f"{flag} {x!r}: expected NAME=VALUE")
+        try: out[k.strip()] = cast(v.strip())
+        except ValueError: raise ValueError(f"{flag} {x!r}: {v!r} is not a {cast.__name__}") from None
+    return out
+
 def cmd_grid(a) -> int:
     "navab grid: evaluate and report every model x nation, then the study report and index.html; exit 1 if any report failed."
     S = load_settings(a.settings)
@@ -91,7 +109,8 @@ def cmd_grid(a) -> int:
                    robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, executor=a.executor, address=a.address,
                    gpus_per_run=a.gpus_per_run, retries=a.retries, device=a.device, dtype=a.dtype,
                    backend=dict(tokenizer=a.tokenizer, concurrency=a.concurrency),
-                   align_options=dict(steps=a.align_steps) if a.align_steps else None)
+                   align_options=dict(steps=a.align_steps) if a.align_steps else None, options=dict(order=a.order or S.grid['order']),
+                   limits=_pairs(a.limit_of, int, '--limit-of'), data=_pairs(a.data, str, '--data'))
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
         print(f"  {r['name']:<32} {r['status']:<7} {'(skipped) ' if r.get('skipped') else ''}{r.get('headline') if r['status'] == 'ok' else r.get('error')}")
@@ -109,7 +128,12 @@ def add_cli(sub):
     p.add_argument('--nations', help='comma-separated nation codes (default: settings [grid] nations)')
     p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation), folders holding <NATION>/samples.parquet, or the released NaVAB by name '
                    '(JadenGGGeee/NaVAB[:CONFIG[/SPLIT]]: every nation it holds, unless --nations says otherwise)')
-    p.add_argument('--methods', help='comma-separated: mc, aj, opinions, robustness, align (default: settings [grid] methods)')
+    p.add_argument('--tasks', '--methods', dest='methods', help='comma-separated tasks (navab tasks lists them: mc, aj, pref, opinions, ...) and the grid steps '
+                   'robustness and align (default: settings [grid] tasks)')
+    p.add_argument('--order', choices=('seeded', 's_first', 'rs_first', 'both'), help="MC's option order; both: every sample with S as A and as B, "
+                   "position-debiased (default: settings [grid] order)")
+    p.add_argument('--limit-of', action='append', default=[], metavar='TASK=N', help='at most N samples (items) for one task, e.g. aj=20 (repeatable)')
+    p.add_argument('--data', action='append', default=[], metavar='NAME=PATH', help="a task's own input by its data name (opinions=FILE is --opinions; repeatable)")
     p.add_argument('--align-steps', type=int, help='DPO steps of each align run (default navab.jobs.ALIGN_DEFAULTS)')
     p.add_argument('--opinions', help='GlobalOpinionQA file for the opinions method')
     p.add_argument('--workers', type=int, help='reports run in this many processes (default: settings [grid] workers)')

@@ -46,8 +46,8 @@ def _evaluate_job(job: dict, methods=None) -> dict:
     "Evaluate a job's model on its nation with `methods` (default: the job's own): {method: run folder}."
     return evaluate_pair(job['model'], job['nation'], job['samples'], methods or job['methods'], Path(job['out']), job.get('limit'), job.get('aj_limit'),
                          job.get('seed', 0), job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'),
-                         opinions_limit=job.get('opinions_limit'), device=job.get('device', 'auto'), dtype=job.get('dtype', 'float32'),
-                         **job.get('backend', {}))
+                         opinions_limit=job.get('opinions_limit'), device=job.get('device', 'auto'), dtype=job.get('dtype', 'auto'),
+                         limits=job.get('limits'), data=job.get('data'), options=job.get('options'), **job.get('backend', {}))
 
 def _pair(job: dict) -> tuple:
     "A job's report name and the fields every record of it carries."

@@ -15,7 +15,8 @@ from .data import read_samples, samples_in, read_opinions, parse_release
 from .analysis import label
 
 # %% auto #0
-__all__ = ['HK_FILES', 'parse_samples', 'find_samples', 'nation_samples', 'file_hash', 'run_key', 'run_dir', 'evaluate_pair']
+__all__ = ['HK_FILES', 'GRID_EXTRAS', 'parse_samples', 'find_samples', 'nation_samples', 'file_hash', 'run_key', 'run_dir',
+           'evaluate_pair']
 
 # %% ../nbs/10c_runs.ipynb #2f1cdc12
 def parse_samples(specs) -> dict:
@@ -98,7 +99,7 @@ def run_dir(out, model: str, nation: str, method: str) -> Path:
 
 # %% ../nbs/10c_runs.ipynb #027d7c0a
 def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int, device: str = 'auto',
-            dtype: str = 'float32', **backend):
+            dtype: str = 'auto', **backend):
     "Run `navab robustness` for a model on a nation's samples into `mc_dir/robustness` unless done with the same inputs."
     from navab.robustness import robustness, default_variations
     d = mc_dir/'robustness'
@@ -111,26 +112,33 @@ def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | No
     return d
 
 # %% ../nbs/10c_runs.ipynb #24bbba53
+GRID_EXTRAS = {'robustness': 'mc', 'align': None}   # grid steps that are no task: robustness re-scores beside (after) the MC run; align trains
+
 def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: int | None = None, aj_limit: int | None = None,
                   seed: int = 0, max_new_tokens: int = 32, opinions=None, batch_size: int = 16, robust_limit: int | None = None,
-                  opinions_limit: int | None = None, device: str = 'auto', dtype: str = 'float32', **backend) -> dict:
-    "Evaluate a model on a nation's samples with each method (cached): {method: run folder}; `robustness` goes beside the MC run."
+                  opinions_limit: int | None = None, device: str = 'auto', dtype: str = 'auto', limits: dict | None = None,
+                  data: dict | None = None, options: dict | None = None, **backend) -> dict:
+    "Evaluate a model on a nation's samples with each task (cached): {task: run folder}; `robustness` goes beside the MC run."
     from navab.evaluate import evaluate
+    from navab.tasks import get_task
+    limits = {**{k: v for k, v in dict(aj=aj_limit, robustness=robust_limit, opinions=opinions_limit).items() if v}, **(limits or {})}
+    data = {**({'opinions': opinions} if opinions else {}), **(data or {})}      # the inputs of tasks that do not read the nation's samples
+    given = dict(max_new_tokens=max_new_tokens, **(options or {}))
     dirs = {}
     for m in methods:
+        lim = limits.get(m) or limit
+        if m in GRID_EXTRAS:   # robustness: beside the MC run (its report shows it), sharing the MC run's score cache
+            _robust(model, nation, samples_path, run_dir(out, model, nation, GRID_EXTRAS[m]), lim, seed, batch_size, device, dtype, **backend); continue
+        t = get_task(m)
+        src = samples_path if t.data == 'samples' else data.get(t.data)
+        if not src: continue
+        opts = {k: v for k, v in given.items() if k in t.options}
         d = run_dir(out, model, nation, m)
-        lim = {'aj': aj_limit, 'robustness': robust_limit, 'opinions': opinions_limit}.get(m) or limit
-        src = opinions if m == 'opinions' else samples_path
-        if m == 'opinions' and not src: continue
-        if m == 'robustness':   # beside the MC run (its report shows it), sharing the MC run's score cache
-            _robust(model, nation, samples_path, run_dir(out, model, nation, 'mc'), lim, seed, batch_size, device, dtype, **backend); continue
-        key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, dtype=dtype), [src])
+        key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, options=opts, dtype=dtype), [src])
         if not ((d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file() and (d/'scores.parquet').is_file()):
-            if m == 'opinions': data = read_opinions(src, [nation]).valid
-            else: data = pl.read_parquet(src)
-            if not len(data): raise ValueError(f"{src}: no {'opinion items' if m == 'opinions' else 'samples'} for {nation}")
-            evaluate(data, model, d, method=m, limit=lim, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False,
-                     device=device, dtype=dtype, **backend)
+            items = pl.read_parquet(src) if t.data == 'samples' else t.load(src, nation).valid
+            if not len(items): raise ValueError(f"{src}: no {t.data} for {nation}")
+            evaluate(items, model, d, task=t, limit=lim, seed=seed, options=opts, batch_size=batch_size, progress=False, device=device, dtype=dtype, **backend)
             atomic_write(d/'.grid-key', lambda t: t.write_text(key))
         dirs[m] = d
     return dirs

@@ -84,7 +84,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         nations[c] = Nation(c, s.get('name', c), s['lang'].strip(), tuple(_split(s.get('opinion_countries', ''))))
     g = cp['grid'] if 'grid' in cp else {}
     grid = dict(models=_split(g.get('models', st.get('models', ''))), nations=[x.upper() for x in _split(g.get('nations', ','.join(codes)))],
-                methods=_split(g.get('methods', 'mc')), samples=g.get('samples', ''), workers=int(g.get('workers', 1)))
+                methods=_split(g.get('tasks', g.get('methods', 'mc'))), samples=g.get('samples', ''), workers=int(g.get('workers', 1)),
+                order=g.get('order', 'seeded').strip())
     for c in grid['nations']:
         if c not in nations: raise ValueError(f"{p}: [grid] nations names {c}, which is not in [study] nations")
     return Settings(path=p, name=st.get('name', 'navab'), seed=int(st.get('seed', 0)), nations=nations,

@@ -316,8 +316,8 @@ def task_names() -> list:
 # %% ../nbs/05a_tasks.ipynb #510f0003
 def _samples_load(spec, nation=None, settings=None):
     "NaVAB samples from a file, a folder, or the released NaVAB by name."
-    from navab.data import load_samples
-    return load_samples(spec, nation, settings)
+    from navab.data import read_samples
+    return read_samples(spec, nation, settings)
 
 def _mc_build(samples, run: Run):
     "MC prompts and their requests (both orders with order='both'; the format options are the robustness chapter's variations)."

@@ -24,7 +24,7 @@ def test_environment_yml_matches_pyproject():
 
 def test_settings_change_what_runs(tmp_path):
     out = subprocess.run([*NAVAB, 'plan'], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
-    assert '20 runs' in out and 'gemma3-270m' in out and ' CN (zh) ' in out
+    assert '30 runs' in out and 'gemma3-270m' in out and ' CN (zh) ' in out
     ini = tmp_path / 'study.ini'
     ini.write_text((ROOT / 'settings.ini').read_text().replace('models = smollm2-135m, gemma3-270m', 'models = smollm2-135m')
                    .replace('nations = CN, US, UK, FR, DE\nmethods', 'nations = FR\nmethods'))
