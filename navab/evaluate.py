@@ -12,6 +12,7 @@ import polars as pl
 from . import __version__
 from .schema import atomic_write, validate_frame
 from .models import RunConfig
+from .stats import bootstrap_ci
 from .backend import get_backend
 from .tasks import Run, Task, get_task, task_names, load_templates
 from .tasks import (s_first, mc_prompts, mc_requests, decide, decide_both, aj_answer_prompts, pref_texts, pref_prompts, pref_requests,
@@ -46,6 +47,14 @@ def _write_json(path, d) -> Path:
 
 _REQ_COLS = ('sample_id', 'stage', 'order', 'option', 'context', 'continuation', 'logprob', 'n_tokens', 'is_greedy')
 
+def _with_ci(task: Task, sc: pl.DataFrame, summ: dict, seed: int) -> dict:
+    "A task's summary with n, and its metric's bootstrap 95% CI over the per-sample column when the task gave none."
+    if task.metric not in summ: raise ValueError(f"task {task.name!r}: its summarize() gave no {task.metric!r} (its metric)")
+    out = {'n': len(sc), **summ}
+    if 'ci_low' not in out and task.value in sc.columns:
+        out['ci_low'], out['ci_high'] = bootstrap_ci(sc[task.value].cast(pl.Float64).to_numpy(), seed=seed)[1:]
+    return out
+
 # %% ../nbs/06_evaluate.ipynb #46ce55aa
 def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: RunConfig | dict | None = None, limit: int | None = None,
              judge: str | None = None, templates: dict | None = None, progress: bool = True, method: str | None = None, options: dict | None = None,
@@ -71,7 +80,7 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
     if {'gold', 'correct'} <= set(sc.columns):
         v = validate_frame(sc, 'scores', str(out/'scores.parquet'), 'evaluate')
         assert not len(v.quarantine), v.quarantine.row(0, named=True)
-    summ = T_.summarize(sc, run)
+    summ = _with_ci(T_, sc, T_.summarize(sc, run), cfg.seed)
     if needs_judge: summ['judge'] = J.name
     cols = [c for c in _REQ_COLS if c in req.columns]
     atomic_write(out/'requests.parquet', lambda t: req.select(cols).write_parquet(t))

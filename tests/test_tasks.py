@@ -61,3 +61,52 @@ def test_order_both_real_models_on_hk(model, shared, tmp_path):
         evaluate(S.head(12), f'{url}/v1#{model}', tmp_path/'oa', order='both', progress=False)
     evaluate(S.head(12), model, tmp_path/'hf12', order='both', progress=False)
     assert _both(tmp_path/'hf12').equals(_both(tmp_path/'oa'))
+
+
+EXTERNAL = '''
+"A task that lives outside navab: S against RS right after the bare question, no template."
+import polars as pl
+from navab.tasks import Task, Step, register_task, decide, pref_requests
+
+def _bare(samples, run):
+    P = pl.DataFrame(dict(sample_id=samples['id'], nation=samples['nation'], source_type=samples['source_type'], topic=samples['topic'],
+                          prompt=samples['question'], chosen=' ' + samples['statement'], rejected=' ' + samples['reverse_statement'],
+                          s_first=[True] * len(samples), gold=['S'] * len(samples), labels=[['S', 'RS']] * len(samples)))
+    return P, pref_requests(P)
+
+register_task(Task('bare', 'S vs RS after the bare question', [Step('bare', 'score', _bare)],
+                   lambda s, run: decide(run.results['bare'][1], run.results['bare'][0]),
+                   lambda sc, run: dict(accuracy=float(sc['correct'].mean()))), replace=True)
+'''
+
+
+def test_a_task_defined_outside_navab_runs_through_evaluate_grid_and_study(tiny_model, tmp_path):
+    "A module named in NAVAB_TASKS registers a task: navab tasks lists it, evaluate runs it, grid runs it per model x nation and the run and study reports show it."
+    (tmp_path/'mytasks.py').write_text(EXTERNAL)
+    env = dict(os.environ, NAVAB_TASKS='mytasks', PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get('PYTHONPATH')])))
+    n = 6
+    f = tmp_path/'fr.parquet'
+    pl.DataFrame(dict(id=[f'fr{i}' for i in range(n)], nation=['FR'] * n, lang=['fr'] * n, topic=['env', 'tax'] * 3, source_type=['official', 'quoted'] * 3,
+                      question=[f"L'État doit-il agir {i} ?" for i in range(n)], statement=[f"L'État doit agir {i}." for i in range(n)],
+                      reverse_statement=[f"L'État ne doit pas agir {i}." for i in range(n)])).write_parquet(f)
+    r = subprocess.run([NAVAB, 'tasks'], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and any(l.startswith('bare ') for l in r.stdout.splitlines()), r.stdout + r.stderr
+    r = subprocess.run([NAVAB, 'evaluate', '--task', 'bare', '--samples', str(f), '--model', str(tiny_model), '--out', str(tmp_path/'ev')],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-800:]
+    s = json.loads((tmp_path/'ev'/'summary.json').read_text())
+    assert s['task']['name'] == 'bare' and s['n'] == n and s['ci_low'] <= s['accuracy'] <= s['ci_high']
+    out = tmp_path/'grid'
+    r = subprocess.run([NAVAB, 'grid', '--models', str(tiny_model), '--nations', 'FR', '--samples', f'FR={f}', '--tasks', 'mc,bare', '--order', 'both',
+                        '--seed', '0', '--out', str(out), '--no-progress'], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-1500:]
+    runs = json.loads((out/'runs.json').read_text())
+    assert {x['method'] for x in runs} == {'mc', 'bare'}
+    assert json.loads((out/'runs'/'tiny-llama'/'FR'/'mc'/'summary.json').read_text())['order'] == 'both'
+    run_html = next(out.glob('run-*-FR.html')).read_text(encoding='utf-8')
+    study = (out/'study.html').read_text(encoding='utf-8')
+    for page in (run_html, study):
+        assert 'BARE' in page and 'debiased accuracy' in page and 'position consistency' in page
+    assert 'BARE accuracy' in json.loads((out/'grid.json').read_text())['records'][0]['headline']
+    r = subprocess.run([NAVAB, 'tasks'], capture_output=True, text=True)     # without the module the task is unknown, and says so
+    assert 'bare' not in r.stdout
