@@ -348,6 +348,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'navab.runs.evaluate_pair': ('runs.html#evaluate_pair', 'navab/runs.py'),
                             'navab.runs.file_hash': ('runs.html#file_hash', 'navab/runs.py'),
                             'navab.runs.find_samples': ('runs.html#find_samples', 'navab/runs.py'),
+                            'navab.runs.model_cache': ('runs.html#model_cache', 'navab/runs.py'),
                             'navab.runs.nation_samples': ('runs.html#nation_samples', 'navab/runs.py'),
                             'navab.runs.parse_samples': ('runs.html#parse_samples', 'navab/runs.py'),
                             'navab.runs.run_dir': ('runs.html#run_dir', 'navab/runs.py'),

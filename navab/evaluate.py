@@ -27,10 +27,11 @@ def run_steps(task: Task, samples: pl.DataFrame, backend, run: Run, out: str | P
     "Run a task's steps on a backend (judge steps on `judge`): results in `run.results`; the scored requests of every step, tagged by stage."
     out, reqs = Path(out), []
     cache = Path(cache) if cache else out/'cache'
+    gens = cache.parent/'generations' if cache != out/'cache' else out/'generations'
     for st in task.steps:
         M = (judge or backend) if st.judge else backend
         if st.kind == 'generate':
-            run.results[st.name] = M.generate(st.build(samples, run), run_dir=out/'generations', max_new_tokens=run.options.get('max_new_tokens', 48),
+            run.results[st.name] = M.generate(st.build(samples, run), run_dir=gens, max_new_tokens=run.options.get('max_new_tokens', 48),
                                               seed=run.seed, chat=bool(run.options.get('chat')), batch_size=max(1, batch_size // 2), progress=progress)
         elif st.kind == 'score':
             P, req = st.build(samples, run)
@@ -60,7 +61,7 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
              judge: str | None = None, templates: dict | None = None, progress: bool = True, method: str | None = None, options: dict | None = None,
              scoring: str | None = None, norm: str | None = None, order: str | None = None, chat: bool | None = None, max_new_tokens: int | None = None,
              batch_size: int | None = None, seed: int | None = None, dtype: str | None = None, device: str | None = None,
-             tokenizer: str | None = None, concurrency: int | None = None) -> dict:
+             tokenizer: str | None = None, concurrency: int | None = None, cache: str | Path | None = None) -> dict:
     "Evaluate `model` (a name, a server URL `http(s)://host:port/v1#name`, or a backend) on samples with a task; write requests/scores/summary to `out`."
     t0 = time.time()
     T_ = get_task(method or task)
@@ -75,7 +76,7 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
     needs_judge = any(s.judge for s in T_.steps)
     J = get_backend(judge, **kw) if needs_judge and judge and judge != model else B
     run = Run(templates or load_templates(), cfg.seed, opts, B.tok, J.tok)
-    req = run_steps(T_, samples, B, run, out, J, cfg.batch_size, progress)
+    req = run_steps(T_, samples, B, run, out, J, cfg.batch_size, progress, cache)
     sc = T_.decide(samples, run).with_columns(pl.lit(B.name).alias('model'), pl.lit(T_.name).alias('method'))
     if {'gold', 'correct'} <= set(sc.columns):
         v = validate_frame(sc, 'scores', str(out/'scores.parquet'), 'evaluate')

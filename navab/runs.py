@@ -16,7 +16,7 @@ from .analysis import label
 
 # %% auto #0
 __all__ = ['HK_FILES', 'GRID_EXTRAS', 'parse_samples', 'find_samples', 'nation_samples', 'file_hash', 'run_key', 'run_dir',
-           'evaluate_pair']
+           'model_cache', 'evaluate_pair']
 
 # %% ../nbs/10c_runs.ipynb #2f1cdc12
 def parse_samples(specs) -> dict:
@@ -97,6 +97,11 @@ def run_dir(out, model: str, nation: str, method: str) -> Path:
     "Where the evaluate run of a model, nation and method lives."
     return Path(out)/'runs'/safe_name(label(model))/nation/method
 
+def model_cache(out, model: str) -> Path:
+    "The one score and generation cache of a model in a grid, shared by all its runs (keys name the model, dtype and exact text)."
+    return Path(out)/'runs'/safe_name(label(model))/'cache'
+
+
 # %% ../nbs/10c_runs.ipynb #027d7c0a
 def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int, device: str = 'auto',
             dtype: str = 'auto', **backend):
@@ -107,7 +112,7 @@ def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | No
     if (d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file(): return d
     data = pl.read_parquet(samples_path)
     if not len(data): raise ValueError(f"{samples_path}: no samples for {nation}")
-    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=mc_dir/'cache', progress=False, device=device, dtype=dtype, **backend)
+    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=model_cache(mc_dir.parents[3], model), progress=False, device=device, dtype=dtype, **backend)
     atomic_write(d/'.grid-key', lambda t: t.write_text(key))
     return d
 
@@ -138,7 +143,8 @@ def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: in
         if not ((d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file() and (d/'scores.parquet').is_file()):
             items = pl.read_parquet(src) if t.data == 'samples' else t.load(src, nation).valid
             if not len(items): raise ValueError(f"{src}: no {t.data} for {nation}")
-            evaluate(items, model, d, task=t, limit=lim, seed=seed, options=opts, batch_size=batch_size, progress=False, device=device, dtype=dtype, **backend)
+            evaluate(items, model, d, task=t, limit=lim, seed=seed, options=opts, batch_size=batch_size, progress=False, device=device, dtype=dtype,
+                     cache=model_cache(out, model), **backend)
             atomic_write(d/'.grid-key', lambda t: t.write_text(key))
         dirs[m] = d
     return dirs
