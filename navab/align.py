@@ -398,12 +398,13 @@ def pair_counts(opinions: str | Path, hk: str | Path | None = None) -> pl.DataFr
 # %% ../nbs/10a_align.ipynb #9d93aa80
 def _fmt_rows(s: dict) -> list:
     "Lines of the results and comparisons of an align summary."
+    from navab.tasks import get_task
     L = [f"  {r['set']} {r['method']} {r['arm']:<9} n={r['n']:<4} accuracy {r['accuracy']:.3f} [95% CI {r['ci_low']:.3f}, {r['ci_high']:.3f}]" for r in s['results']]
     fit = s.get('train_fit') or {}
     L += [f"  train-fit pref {r['arm']:<9} n={r['n']:<4} accuracy {r['accuracy']:.3f} [95% CI {r['ci_low']:.3f}, {r['ci_high']:.3f}]" for r in fit.get('results', [])]
     L += [f"  {c['set']} {c['method']} {c['b']} - {c['a']}: {c['diff']:+.3f} [paired-bootstrap CI {c['ci_low']:+.3f}, {c['ci_high']:+.3f}], "
           f"McNemar p = {c['p_value']:.3g} ({c['only_b']} vs {c['only_a']} discordant)"
-          + (f"; margin {c['margin_diff']:+.3f} [{c['margin_ci_low']:+.3f}, {c['margin_ci_high']:+.3f}]" if c['method'] == 'pref' and 'margin_diff' in c else '')
+          + (f"; margin {c['margin_diff']:+.3f} [{c['margin_ci_low']:+.3f}, {c['margin_ci_high']:+.3f}]" if 'margin_diff' in c and get_task(c['method']).dpo_margin else '')
           for c in s['comparisons'] + fit.get('comparisons', [])]
     return L
 

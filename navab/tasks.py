@@ -263,6 +263,7 @@ class Task:
     load: Callable | None = None
     data: str = 'samples'
     plot: str = 'accuracy'
+    dpo_margin: bool = False
 
     @property
     def requests(self) -> str:
@@ -277,7 +278,8 @@ class Task:
 
     def info(self) -> dict:
         "What reports need to know of the task without importing it: name, what it asks, metric, per-sample column, request kinds."
-        return dict(name=self.name, asks=self.asks, metric=self.metric, value=self.value, requests=self.requests, data=self.data, plot=self.plot)
+        return dict(name=self.name, asks=self.asks, metric=self.metric, value=self.value, requests=self.requests, data=self.data, plot=self.plot,
+                    dpo_margin=self.dpo_margin)
 
 # %% ../nbs/05a_tasks.ipynb #17f5a2c4
 TASKS: dict = {}
@@ -423,7 +425,7 @@ def _pref_summary(sc: pl.DataFrame, run: Run) -> dict:
 PREF = register_task(Task(
     'pref', 'likelihood preference: log P(S | Q) against log P(RS | Q), the texts DPO trains on; no letters',
     [Step('pref', 'score', _pref_build)], _pref_decide, _pref_summary, options=dict(norm='none', chat=False), load=_samples_load,
-    params=lambda o: dict(scoring='answer', norm=o['norm'])), replace=True)
+    params=lambda o: dict(scoring='answer', norm=o['norm']), dpo_margin=True), replace=True)
 
 # %% ../nbs/05a_tasks.ipynb #7ef46704
 def _opinions_load(spec, nation=None, settings=None):
