@@ -16,6 +16,7 @@ from .settings import load_settings, repo_root
 from .schema import atomic_write, quarantine_frame, problems
 from .data import read_records, read_samples, read_opinions, parse_release, _q
 from .models import resolve, sha256_file
+from .tasks import get_task
 from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 
 # %% auto #0
@@ -369,7 +370,7 @@ def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lo
         log(f"ablation: {len(abl)} pairs, {am['global_step']} steps in {am['train_s']} s -> {out/'ablation'}")
         models['ablation'] = str(out/'ablation')
     rows = _eval_arms(models, _as_samples(te), out, methods, code, seed, eval_limit, progress, device)
-    cm = [m for m in methods if m in ('mc', 'pref')] or ['mc']      # the cross-nation sets: the likelihood methods, no generation
+    cm = [m for m in methods if get_task(m).requests == 'loglik'] or ['mc']      # the cross-nation sets: the likelihood-only tasks, no generation
     for nat, (cs, _) in crossed.items(): rows += _eval_arms(models, cs, out, cm, nat, seed, cross_limit, progress, device)
     comps = _comparisons(rows, out, seed)
     fit = _eval_arms(models, _as_samples(tr), out, ['pref'], 'train', seed, fit_limit, progress, device) if fit_limit != 0 else []
@@ -398,7 +399,6 @@ def pair_counts(opinions: str | Path, hk: str | Path | None = None) -> pl.DataFr
 # %% ../nbs/10a_align.ipynb #9d93aa80
 def _fmt_rows(s: dict) -> list:
     "Lines of the results and comparisons of an align summary."
-    from navab.tasks import get_task
     L = [f"  {r['set']} {r['method']} {r['arm']:<9} n={r['n']:<4} accuracy {r['accuracy']:.3f} [95% CI {r['ci_low']:.3f}, {r['ci_high']:.3f}]" for r in s['results']]
     fit = s.get('train_fit') or {}
     L += [f"  train-fit pref {r['arm']:<9} n={r['n']:<4} accuracy {r['accuracy']:.3f} [95% CI {r['ci_low']:.3f}, {r['ci_high']:.3f}]" for r in fit.get('results', [])]
