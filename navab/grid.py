@@ -13,12 +13,12 @@ from . import __version__
 from .settings import load_settings, repo_root, safe_name
 from .schema import atomic_write
 from .data import load_samples, read_opinions, release_part, release_nations, parse_release
-from .analysis import h, label
+from .analysis import h, label, public_path
 
 # %% auto #0
 __all__ = ['HK_FILES', 'REPORTS', 'ALIGN_DEFAULTS', 'parse_samples', 'find_samples', 'nation_samples', 'file_hash', 'run_key',
            'run_dir', 'evaluate_pair', 'to_html', 'execute_report', 'pair_job', 'align_job', 'write_index', 'ray_start',
-           'run_grid', 'cmd_grid', 'add_cli']
+           'public_file', 'run_grid', 'cmd_grid', 'add_cli']
 
 # %% ../nbs/10b_grid.ipynb #2f1cdc12
 def parse_samples(specs) -> dict:
@@ -183,6 +183,12 @@ def to_html(ipynb: str | Path, dest: str | Path, no_input: bool = True, title: s
     return _public(atomic_write(dest, lambda t: t.write_text(body, encoding='utf-8')))
 
 # %% ../nbs/10b_grid.ipynb #5ec2a67a
+def _kernel_config() -> dict:
+    "papermill's kernel with CurveZMQ transport encryption where pyzmq has it (and the kernelspec declares it): its traffic is encrypted and it does not warn that it is not."
+    import zmq
+    from traitlets.config import Config
+    return dict(config=Config({'KernelManager': {'transport_encryption': 'auto'}})) if zmq.has('curve') else {}
+
 def execute_report(template: str | Path, params: dict, ipynb: str | Path, html_path: str | Path, cwd: str | Path,
                    no_input: bool = True, timeout: int = 900, title: str = '') -> dict:
     "Run a report notebook with papermill and publish it as HTML: {status, error, headline}; a failed cell fails only this report."
@@ -191,12 +197,15 @@ def execute_report(template: str | Path, params: dict, ipynb: str | Path, html_p
     status, error = 'ok', ''
     try:
         pm.execute_notebook(_prepared(Path(template)), str(tmp), parameters=params, kernel_name='python3', cwd=str(cwd), progress_bar=False,
-                            log_output=False, execution_timeout=timeout)
+                            log_output=False, execution_timeout=timeout, **_kernel_config())
     except pm.PapermillExecutionError as e:
         status, error = 'failed', f"cell {e.exec_count}: {e.ename}: {str(e.evalue).splitlines()[0][:300] if e.evalue else ''}"
     except Exception as e:
         status, error = 'failed', f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
     if not tmp.exists(): return dict(status=status, error=error or 'papermill wrote no notebook', headline='')
+    nb = nbformat.read(tmp, 4)   # papermill records where it read and wrote: the template's and the report's names instead of paths
+    nb.metadata.get('papermill', {}).update(input_path=Path(template).name, output_path=ipynb.name)
+    nbformat.write(nb, tmp)
     os.replace(_public(tmp), ipynb)
     to_html(ipynb, html_path, no_input, title)
     return dict(status=status, error=error, headline=_headline(nbformat.read(ipynb, 4)) if status == 'ok' else '')
@@ -292,8 +301,8 @@ def align_job(job: dict) -> dict:
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}.failed{color:#a00}.ok{color:#070}")
 
-def write_index(out: str | Path, records: list, notes: list = (), title: str = 'navab study') -> Path:
-    "Write `out/index.html`: one row per report (link, status, one-line result or error) and the grid's notes."
+def write_index(out: str | Path, records: list, notes: list = (), title: str = 'navab study', phases: list = ()) -> Path:
+    "Write `out/index.html`: one row per report (link, status, one-line result or error), the grid's notes and the time of each phase ((name, seconds, note) rows)."
     out = Path(out)
     recs = sorted(records, key=lambda r: (r['kind'] != 'study', r.get('model', ''), r.get('nation', '')))
     def link(r):
@@ -304,10 +313,13 @@ def write_index(out: str | Path, records: list, notes: list = (), title: str = '
                    f"<td>{h(r.get('headline') if r['status'] == 'ok' else r.get('error'))}</td></tr>" for r in recs)
     ok = sum(r['status'] == 'ok' for r in recs)
     note = ''.join(f'<li>{h(n)}</li>' for n in notes)
+    times = ''.join(f'<tr><td>{h(n)}</td><td>{s:.0f}</td><td>{h(x)}</td></tr>' for n, s, x in phases)
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{h(title)}</title><style>{_CSS}</style></head><body>'
             f'<h1>{h(title)}</h1><p>{len(recs)} reports, {ok} ok, {len(recs) - ok} failed. navab {h(__version__)}.</p>'
             f'<table><thead><tr><th>report</th><th>model</th><th>nation</th><th>status</th><th>result</th></tr></thead><tbody>{rows}</tbody></table>'
-            + (f'<h2>Notes</h2><ul>{note}</ul>' if note else '') + '</body></html>')
+            + (f'<h2>Notes</h2><ul>{note}</ul>' if note else '')
+            + (f'<h2>Time per phase</h2><table><thead><tr><th>phase</th><th>seconds</th><th></th></tr></thead><tbody>{times}</tbody></table>' if times else '')
+            + '</body></html>')
     return _public(atomic_write(out/'index.html', lambda t: t.write_text(page, encoding='utf-8')))
 
 # %% ../nbs/10b_grid.ipynb #c876645e
@@ -426,6 +438,17 @@ def _clean_partials(out: Path):
     for p in list(out.glob('.*.partial.ipynb')) + list(out.glob('.*.tmp')) + list((out/'.grid').glob('.*.tmp')) + list((out/'samples').glob('.*.tmp')):
         p.unlink(missing_ok=True)
 
+def _study_settings(out: Path, settings: Path) -> str:
+    "Copy the study's settings and model table into `out/study/` for its report: the copy's path relative to `out` (a published report names no path of this machine)."
+    import configparser, shutil
+    cp = configparser.ConfigParser(inline_comment_prefixes=('#',), interpolation=None); cp.read(settings, encoding='utf-8')
+    table, d = load_settings(settings).model_table, out/'study'
+    d.mkdir(exist_ok=True)
+    if table.is_file(): atomic_write(d/'models.csv', lambda t: shutil.copyfile(table, t))
+    cp['study']['model_table'] = 'models.csv'; cp['study'].pop('templates', None)   # the study report reads no templates
+    atomic_write(d/'settings.ini', lambda t: t.write_text(''.join(f'[{s}]\n' + ''.join(f'{k} = {v}\n' for k, v in cp[s].items()) + '\n' for s in cp.sections()), encoding='utf-8'))
+    return 'study/settings.ini'
+
 def _study_job(out: Path, runs: list, template: Path, seed: int, settings: Path, no_input: bool, timeout: int) -> dict:
     "Run the study report over all runs: its record (never raises)."
     runs = sorted(runs, key=lambda r: (label(r['model']), r['nation'], r['method']))
@@ -434,11 +457,17 @@ def _study_job(out: Path, runs: list, template: Path, seed: int, settings: Path,
     base = dict(kind='study', model='', nation='')
     inputs = [out/'runs.json', settings, load_settings(settings).model_table] + [Path(r['dir'])/f for r in runs for f in   # what it reads
               ('scores.parquet', 'robustness/summary.json', 'robustness/variations.parquet', 'robustness/flips.parquet')]
-    try: return _report(out, 'study', template, dict(runs_file='runs.json', seed=seed, settings=str(settings)), inputs, base, no_input, timeout, 'navab: study')
+    try: return _report(out, 'study', template, dict(runs_file='runs.json', seed=seed, settings=_study_settings(out, settings)), inputs, base, no_input, timeout, 'navab: study')
     except Exception as e:
         return dict(_save(out, dict(base, name='study', status='failed', error=f"{type(e).__name__}: {e}"[:300], headline='', html='', ipynb='', key='')), skipped=False)
 
 # %% ../nbs/10b_grid.ipynb #3f5c3cae
+def public_file(p, out) -> str:
+    "A file as a published page names it: its path relative to the reports folder `out` when inside it, else its name and the start of its SHA-256."
+    s = public_path(p, out)
+    inside = Path(p).resolve().is_relative_to(Path(out).resolve())
+    return s if inside or not Path(p).is_file() else f"{s} (sha256 {file_hash(p)[:12]})"
+
 def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'), out: str | Path = 'reports', workers: int = 1,
              limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
@@ -459,7 +488,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     for n in nations:
         if not found[n]: notes.append(f"{n}: no samples found (give --samples {n}=PATH, or run navab extract): left out"); continue
         p, k, bad = nation_samples(found[n], n, out, S)
-        notes.append(f"{n}: {k} samples from {', '.join(str(f) for f in found[n])}" + (f" ({bad} rows quarantined)" if bad else ''))
+        notes.append(f"{n}: {k} samples from {', '.join(public_file(f, out) for f in found[n])}" + (f" ({bad} rows quarantined)" if bad else ''))
         if not k: continue
         jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
                       opinions_limit=opinions_limit, max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
