@@ -77,6 +77,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'navab.cli': { 'navab.cli._chapter_cli': ('cli.html#_chapter_cli', 'navab/cli.py'),
                            'navab.cli._demo_align': ('cli.html#_demo_align', 'navab/cli.py'),
                            'navab.cli._funnel': ('cli.html#_funnel', 'navab/cli.py'),
+                           'navab.cli._grid_phases': ('cli.html#_grid_phases', 'navab/cli.py'),
                            'navab.cli._h': ('cli.html#_h', 'navab/cli.py'),
                            'navab.cli._problems': ('cli.html#_problems', 'navab/cli.py'),
                            'navab.cli.check_file': ('cli.html#check_file', 'navab/cli.py'),

@@ -108,3 +108,13 @@ def test_index_shows_the_time_of_each_phase(tmp_path):
                       phases=[('install (make)', 237.4, ''), ('extract CN', 85.2, 'smollm2-135m'), ('total', 1434.0, '')]).read_text()
     assert '<h2>Time per phase</h2>' in idx and '<td>extract CN</td><td>85</td><td>smollm2-135m</td>' in idx and '<td>total</td><td>1434</td>' in idx
     assert 'Time per phase' not in write_index(tmp_path, [], []).read_text()
+
+
+def test_demo_phases_of_a_grid(grid):
+    "navab demo's phase table: each run's evaluations (with their methods) and each report, from the grid's records."
+    from navab.cli import _grid_phases
+    recs = json.loads((grid['out']/'grid.json').read_text())['records']
+    rows = {n: (s, x) for n, s, x in _grid_phases(grid['out'], recs)}
+    s, x = rows['evaluate tiny-pub x CN']
+    assert s > 0 and 'mc ' in x and 'aj ' in x and 'robustness ' in x, x
+    assert {'report run-tiny-pub-CN', 'report align-tiny-pub-CN', 'report study'} <= set(rows) and rows['report study'][0] > 0
