@@ -1,8 +1,7 @@
 """Publishable reports: no absolute path of this machine (home, the checkout, the shared data, the Python environment, the
 working folder) in any HTML or executed notebook a grid writes, and no "running over TCP without encryption" warning."""
-import json, re, sys
+import json, os, re, sys
 from pathlib import Path
-import polars as pl
 import pytest
 from conftest import ROOT, SHARED
 
@@ -32,14 +31,17 @@ def _leaks(out: Path, needles: dict) -> list:
 
 
 def _needles(work: Path) -> dict:
-    return {'home': str(Path.home()), 'checkout': str(ROOT), 'shared data': str(SHARED.resolve()), 'python env': sys.prefix,
-            'working folder': str(work)}
+    d = {'home': str(Path.home()), 'checkout': str(ROOT), 'shared data': str(SHARED.resolve()), 'python env': sys.prefix,
+         'working folder': str(work)}
+    return {k: v for k, v in d.items() if len(v.strip('/')) >= 3}   # a home of '/' would match every path
 
 
 @pytest.fixture(scope='module')
 def grid(tmp_path_factory):
     "A small grid as the demo runs it: a tiny model (a local folder) on the real HK samples (from ../shared/data), MC, AJ, robustness, one alignment."
-    if not (SHARED/'navab-hk').is_dir(): pytest.fail(f"real data not found at {SHARED}: the no-absolute-path test needs the NaVAB HK files")
+    if not (SHARED/'navab-hk').is_dir():
+        msg = f"real data not found at {SHARED} (../shared/data beside the checkout): the no-absolute-path test reads the NaVAB HK files from it"
+        pytest.fail(msg) if os.environ.get('CI') == 'true' else pytest.skip(msg)
     from navab.models import make_tiny_model
     from navab.grid import run_grid
     work = tmp_path_factory.mktemp('public')
