@@ -203,7 +203,7 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
              aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit, device=device, dtype=dtype)
     g = json.loads((out/'grid.json').read_text(encoding='utf-8'))
     notes += g['notes'] + [f"extraction {t1 - t0:.0f} s, grid {time.time() - t1:.0f} s (navab {__version__}, seed {S.seed})"]
-    ph += _grid_phases(out, g['records']) + [('grid in all', time.time() - t1, 'evaluations, reports and the study')]
+    ph += _grid_phases(out, g['records'], t1) + [('grid in all', time.time() - t1, 'evaluations, reports and the study')]
     if align_steps:
         ta = time.time(); g['records'].append(_demo_align(out, S, align_steps, notes, device=device))
         ph.append((f"align {g['records'][-1]['model']} toward {g['records'][-1]['nation']}", time.time() - ta, f'{align_steps} LoRA steps and its report'))
@@ -211,17 +211,20 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
     if setup: ph.append(('make demo in all', setup + time.time() - t0, 'install, models and navab demo'))
     return write_index(out, g['records'], notes, f"navab demo: {S.name}", phases=ph)
 
-def _grid_phases(out: Path, records: list) -> list:
-    "The grid's phases: each run's evaluations (as each run recorded its time: a cached run's is from when it ran) and each report."
+def _grid_phases(out: Path, records: list, since: float = 0) -> list:
+    "The grid's phases: each run's evaluations and each report, with the time each took; one done before `since` (cached) counts 0, its time when it ran in the note."
     from .grid import run_dir
     rows = []
     for r in records:
         if r['kind'] == 'run':
             d = run_dir(out, r['model'], r['nation'], 'mc').parent
-            s = {m.name: json.loads((m/'summary.json').read_text()).get('wall_s') or 0 for m in sorted(d.iterdir()) if (m/'summary.json').is_file()} if d.is_dir() else {}
-            if (d/'mc'/'robustness'/'summary.json').is_file(): s['robustness'] = json.loads((d/'mc'/'robustness'/'summary.json').read_text()).get('wall_s') or 0
-            rows.append((f"evaluate {r['model']} x {r['nation']}", sum(s.values()), ', '.join(f'{m} {v:.0f} s' for m, v in s.items())))
-        rows.append((f"report {r['name']}", r.get('seconds') or 0, 'skipped: unchanged' if r.get('skipped') else ''))
+            fs = {m.name: m/'summary.json' for m in sorted(d.iterdir()) if (m/'summary.json').is_file()} if d.is_dir() else {}
+            if (d/'mc'/'robustness'/'summary.json').is_file(): fs['robustness'] = d/'mc'/'robustness'/'summary.json'
+            s = {m: (json.loads(f.read_text()).get('wall_s') or 0, f.stat().st_mtime < since) for m, f in fs.items()}
+            rows.append((f"evaluate {r['model']} x {r['nation']}", sum(v for v, old in s.values() if not old),
+                         ', '.join(f"{m} {v:.0f} s" + (' (cached: when it ran)' if old else '') for m, (v, old) in s.items())))
+        sk = r.get('skipped')
+        rows.append((f"report {r['name']}", 0 if sk else r.get('seconds') or 0, f"skipped: unchanged ({r.get('seconds') or 0:.0f} s when it ran)" if sk else ''))
     return rows
 
 def _demo_align(out: Path, S, steps: int, notes: list, model: str = 'smollm2-135m', device: str = 'auto') -> dict:

@@ -1,6 +1,6 @@
 """Publishable reports: no absolute path of this machine (home, the checkout, the shared data, the Python environment, the
 working folder) in any HTML or executed notebook a grid writes, and no "running over TCP without encryption" warning."""
-import json, os, re, sys
+import json, os, re, sys, time
 from pathlib import Path
 import pytest
 from conftest import ROOT, SHARED
@@ -120,3 +120,7 @@ def test_demo_phases_of_a_grid(grid):
     s, x = rows['evaluate tiny-pub x CN']
     assert s > 0 and 'mc ' in x and 'aj ' in x and 'robustness ' in x, x
     assert {'report run-tiny-pub-CN', 'report align-tiny-pub-CN', 'report study'} <= set(rows) and rows['report study'][0] > 0
+    later = {n: (s, x) for n, s, x in _grid_phases(grid['out'], recs, since=time.time() + 60)}   # all done before: cached, 0 s now
+    assert later['evaluate tiny-pub x CN'][0] == 0 and later['evaluate tiny-pub x CN'][1].count('(cached: when it ran)') == 3
+    skipped = [dict(r, skipped=True) for r in recs]
+    assert all(s == 0 and x.startswith('skipped: unchanged (') for n, s, x in _grid_phases(grid['out'], skipped) if n.startswith('report '))
