@@ -33,9 +33,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
-	$(BIN)/navab models fetch all
-	$(BIN)/navab demo --out reports
+# Each phase is timed: install and the models' fetch here, the rest by navab demo (printed at the end and in index.html).
+demo:
+	@t0=$$(date +%s); $(MAKE) --no-print-directory install && t1=$$(date +%s) && \
+	echo "$(BIN)/navab models fetch all" && $(BIN)/navab models fetch all && t2=$$(date +%s) && \
+	echo "$(BIN)/navab demo --out reports" && \
+	$(BIN)/navab demo --out reports --setup-time "install=$$((t1 - t0))" "models fetch and convert=$$((t2 - t1))"
 
 # Notebooks are the source: fail when nbdev-clean or nbdev-export would change anything.
 check-nbs: install

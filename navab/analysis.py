@@ -6,17 +6,17 @@ The report notebooks (`nbs/reports/`) import it; tables are HTML-escaped and say
 
 # %% ../nbs/06a_analysis.ipynb #8e54ce89
 from __future__ import annotations
-import html, json, math
+import html, json, math, os, warnings
 from pathlib import Path
 import numpy as np
 import polars as pl
 from .stats import accuracy_table, bootstrap_ci, mcnemar_exact, paired_bootstrap, agreement
 
 # %% auto #0
-__all__ = ['SCORE_COLS', 'h', 'html_table', 'show', 'show_fig', 'heading', 'label', 'run_summary', 'run_info', 'load_scores',
-           'worst_samples', 'mc_aj_table', 'grid_table', 'paired_table', 'share_frame', 'fit_share_model',
-           'consistency', 'source_table', 'metric_table', 'opinion_table', 'position_table', 'headline_table',
-           'plot_ci', 'plot_heatmap']
+__all__ = ['SCORE_COLS', 'CJK_FAMILIES', 'CJK_FONT', 'h', 'html_table', 'show', 'show_fig', 'heading', 'label', 'public_path',
+           'run_summary', 'run_info', 'load_scores', 'worst_samples', 'mc_aj_table', 'grid_table', 'paired_table',
+           'share_frame', 'fit_share_model', 'consistency', 'source_table', 'metric_table', 'opinion_table',
+           'position_table', 'headline_table', 'cjk_font_file', 'use_cjk_font', 'plot_ci', 'plot_heatmap']
 
 # %% ../nbs/06a_analysis.ipynb #2d563b36
 def h(x) -> str:
@@ -60,10 +60,18 @@ def heading(text: str, level: int = 2):
 
 # %% ../nbs/06a_analysis.ipynb #a38cb8f2
 def label(model: str) -> str:
-    "A model's display name: its embedded/hub name, the folder name of a local model, or a server's served name (`http(s)://...#name`)."
+    "A model's display name: its embedded/hub name, the folder name of a local model (or of any absolute path), or a server's served name (`http(s)://...#name`)."
     if str(model).startswith(('http://', 'https://')) and '#' in str(model): return str(model).split('#', 1)[1]
     p = Path(str(model)).expanduser()
-    return p.name if p.is_dir() else str(model)
+    return p.name if p.is_dir() or p.is_absolute() else str(model)
+
+# %% ../nbs/06a_analysis.ipynb #38f8f5e7
+def public_path(p, root='.') -> str:
+    "How a published report names a file: relative to `root` (the reports folder) when inside it, else its name; a relative path or a release name unchanged."
+    s = str(p)
+    if not os.path.isabs(os.path.expanduser(s)): return s
+    q, r = Path(s).expanduser().resolve(), Path(root).resolve()
+    return str(q.relative_to(r)) if q.is_relative_to(r) else q.name
 
 # %% ../nbs/06a_analysis.ipynb #22794128
 def run_summary(d: str | Path) -> dict:
@@ -252,6 +260,33 @@ def headline_table(runs: list) -> pl.DataFrame:
                          top_letter_share=s.get('top_letter_share'), one_letter=bool(s.get('one_letter'))))
     return pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'method': pl.String, 'metric': pl.String, 'n': pl.Int64, 'value': pl.Float64,
                                       'ci_low': pl.Float64, 'ci_high': pl.Float64, 'consistency': pl.Float64, 'top_letter_share': pl.Float64, 'one_letter': pl.Boolean})
+
+# %% ../nbs/06a_analysis.ipynb #9250f9e3
+CJK_FAMILIES = ('Noto Sans CJK SC', 'Noto Sans CJK JP')   # the file's first face is JP; matplotlib also knows it by its SC name
+
+def cjk_font_file() -> Path | None:
+    "The Noto Sans CJK font file: the one the `noto-cjk-sans-otc` package ships, else one installed on the system (Debian's fonts-noto-cjk), else None."
+    try:
+        import noto_cjk_sans_otc
+        if Path(str(noto_cjk_sans_otc.FONT_PATH)).is_file(): return Path(str(noto_cjk_sans_otc.FONT_PATH))
+    except ImportError: pass
+    from matplotlib import font_manager as fm
+    return next((Path(f) for f in sorted(fm.findSystemFonts()) if Path(f).name.startswith('NotoSansCJK-Regular')), None)
+
+# %% ../nbs/06a_analysis.ipynb #12d21edf
+def use_cjk_font() -> str | None:
+    "Make matplotlib draw Chinese and every accent: DejaVu Sans first, Noto Sans CJK for the glyphs it lacks; the CJK family, or None (with a warning) when none is found."
+    import matplotlib
+    from matplotlib import font_manager as fm
+    known = lambda: next((f for f in CJK_FAMILIES if any(x.name == f for x in fm.fontManager.ttflist)), None)
+    if known() is None and (p := cjk_font_file()): fm.fontManager.addfont(str(p))   # not in matplotlib's font cache yet: add it
+    if (fam := known()) is None:
+        warnings.warn("navab: no CJK font found, Chinese in plots will show as empty boxes: pip install noto-cjk-sans-otc (it is one of navab's dependencies; make install)")
+        return None
+    matplotlib.rcParams['font.family'] = ['DejaVu Sans', fam]
+    return fam
+
+CJK_FONT = use_cjk_font()   # when the chapter is imported, as the report notebooks do
 
 # %% ../nbs/06a_analysis.ipynb #be952fb3
 def plot_ci(t: pl.DataFrame, x: str, y: str = 'accuracy', hue: str | None = None, title: str = '', ax=None, ref: float | None = 0.5):

@@ -27,25 +27,28 @@ def _funnel(counts: dict) -> str:
 
 def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
          aj_limit: int | None = 16, generator: str | None = None, articles: int | None = None, progress: bool = True,
-         opinions_limit: int | None = 40, device: str = 'auto', dtype: str = 'auto', align_steps: int | None = 8) -> Path:
-    "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html."
+         opinions_limit: int | None = 40, device: str = 'auto', dtype: str = 'auto', align_steps: int | None = 8, phases: list | None = None) -> Path:
+    "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html. `phases` gets (name, seconds, note) per phase, after any it holds (make's)."
     from tqdm.auto import tqdm
     from .extract import extract
     S = load_settings(); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
     t0, notes, samples = time.time(), [], {}
+    ph = phases if phases is not None else []; setup = sum(s for _, s, _ in ph)
     corpus = repo_root()/'data'/'demo'/'corpus'
     shared = Path(shared) if shared else repo_root().parent/'shared'/'data'
     for n in tqdm(S.grid['nations'], desc='extract', disable=not progress):
         d = out/'extract'/n
+        te = time.time()
         counts = extract(corpus/f'{n}.jsonl', n, d, generator=generator, seed=S.seed, progress=progress, limit=articles,
                          device=device, dtype=dtype)
+        ph.append((f'extract {n}', time.time() - te, f"{(counts.get('samples') or {}).get('out', '')} samples" if isinstance(counts.get('samples'), dict) else ''))
         notes.append(f"extract {n} (data/demo/corpus/{n}.jsonl, {'first ' + str(articles) if articles else 'all'} articles -> extract/{n}/): {_funnel(counts)}")
         samples[n] = [d/'samples.parquet']
     hk = shared/'navab-hk'
     if hk.is_dir() and 'CN' in samples:
         samples['CN'] += [hk/f for f in HK_FILES if (hk/f).is_file()]
-        notes.append(f"CN also gets the real NaVAB HK samples ({', '.join(HK_FILES)}) from {hk}")
-    else: notes.append(f"{hk} not found: China is evaluated on the demo corpus's samples alone")
+        notes.append(f"CN also gets the real NaVAB HK samples ({', '.join(HK_FILES)}) from the shared data (navab-hk/)")
+    else: notes.append(f"the shared data's navab-hk/ was not found: China is evaluated on the demo corpus's samples alone")
     goqa = shared/'global-opinions'/'eval.json'
     methods = list(S.grid['methods']) + (['opinions'] if goqa.is_file() and 'opinions' not in S.grid['methods'] else [])
     t1 = time.time()
@@ -54,8 +57,29 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
              options=dict(order=S.grid['order']))
     g = json.loads((out/'grid.json').read_text(encoding='utf-8'))
     notes += g['notes'] + [f"extraction {t1 - t0:.0f} s, grid {time.time() - t1:.0f} s (navab {__version__}, seed {S.seed})"]
-    if align_steps: g['records'].append(_demo_align(out, S, align_steps, notes, device=device))
-    return write_index(out, g['records'], notes, f"navab demo: {S.name}")
+    ph += _grid_phases(out, g['records'], t1) + [('grid in all', time.time() - t1, 'evaluations, reports and the study')]
+    if align_steps:
+        ta = time.time(); g['records'].append(_demo_align(out, S, align_steps, notes, device=device))
+        ph.append((f"align {g['records'][-1]['model']} toward {g['records'][-1]['nation']}", time.time() - ta, f'{align_steps} LoRA steps and its report'))
+    ph.append(('navab demo in all', time.time() - t0, ''))
+    if setup: ph.append(('make demo in all', setup + time.time() - t0, 'install, models and navab demo'))
+    return write_index(out, g['records'], notes, f"navab demo: {S.name}", phases=ph)
+
+def _grid_phases(out: Path, records: list, since: float = 0) -> list:
+    "The grid's phases: each run's evaluations and each report, with the time each took; one done before `since` (cached) counts 0, its time when it ran in the note."
+    from .grid import run_dir
+    rows = []
+    for r in records:
+        if r['kind'] == 'run':
+            d = run_dir(out, r['model'], r['nation'], 'mc').parent
+            fs = {m.name: m/'summary.json' for m in sorted(d.iterdir()) if (m/'summary.json').is_file()} if d.is_dir() else {}
+            if (d/'mc'/'robustness'/'summary.json').is_file(): fs['robustness'] = d/'mc'/'robustness'/'summary.json'
+            s = {m: (json.loads(f.read_text()).get('wall_s') or 0, f.stat().st_mtime < since) for m, f in fs.items()}
+            rows.append((f"evaluate {r['model']} x {r['nation']}", sum(v for v, old in s.values() if not old),
+                         ', '.join(f"{m} {v:.0f} s" + (' (cached: when it ran)' if old else '') for m, (v, old) in s.items())))
+        sk = r.get('skipped')
+        rows.append((f"report {r['name']}", 0 if sk else r.get('seconds') or 0, f"skipped: unchanged ({r.get('seconds') or 0:.0f} s when it ran)" if sk else ''))
+    return rows
 
 def _demo_align(out: Path, S, steps: int, notes: list, model: str = 'smollm2-135m', device: str = 'auto') -> dict:
     "The demo's one alignment run: `model` toward the nation with the most samples, `steps` LoRA steps, MC and pref on the held-out pairs."
@@ -71,9 +95,12 @@ def _demo_align(out: Path, S, steps: int, notes: list, model: str = 'smollm2-135
 # %% ../nbs/10g_demo.ipynb #971ed33d
 def cmd_demo(a) -> int:
     "navab demo: run the demo and say where the page is (its last line)."
+    ph = [(n.strip(), float(s), 'measured by make') for n, _, s in (x.rpartition('=') for x in a.setup_time)]
     p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit or None, generator=a.generator,
              articles=a.articles or None, opinions_limit=a.opinions_limit or None, device=a.device, dtype=a.dtype,
-             align_steps=a.align_steps)
+             align_steps=a.align_steps, phases=ph)
+    print('time per phase:')
+    for n, s, x in ph: print(f"  {n:<44} {s:7.0f} s  {x}")
     print(f"demo report: {p.resolve()}")
     return 0
 
@@ -87,4 +114,5 @@ def add_cli(sub):
     de.add_argument('--articles', type=int, default=0, help='extract from the first N articles of each nation (default 0: all 40)')
     de.add_argument('--opinions-limit', type=int, default=40, help='at most N GlobalOpinionQA items per nation (default 40; 0: all)')
     de.add_argument('--align-steps', type=int, default=8, help='DPO steps of the demo alignment run (SmolLM2, LoRA; default 8; 0: no alignment run)')
+    de.add_argument('--setup-time', nargs='*', default=[], metavar='NAME=SECONDS', help='phases timed before navab ran (make demo: install, model fetch), first in the phase table')
     device_args(de); de.set_defaults(fn=cmd_demo)

@@ -15,10 +15,11 @@ from .runs import parse_samples, find_samples, nation_samples
 from .reports import REPORTS, write_index
 from .executor import _local_grid, _ray_grid
 from .runs import GRID_EXTRAS
+from .analysis import public_path
 
 
 # %% auto #0
-__all__ = ['plan', 'cmd_plan', 'run_grid', 'cmd_grid', 'add_cli']
+__all__ = ['plan', 'cmd_plan', 'public_file', 'run_grid', 'cmd_grid', 'add_cli']
 
 # %% ../nbs/10f_grid.ipynb #2ead80fe
 def plan(settings=None, models=None, nations=None, methods=None) -> list:
@@ -43,6 +44,12 @@ def _clean_partials(out: Path):
         p.unlink(missing_ok=True)
 
 # %% ../nbs/10f_grid.ipynb #3f5c3cae
+def public_file(p, out) -> str:
+    "A file as a published page names it: its path relative to the reports folder `out` when inside it, else its name and the start of its SHA-256."
+    s = public_path(p, out)
+    inside = Path(p).resolve().is_relative_to(Path(out).resolve())
+    return s if inside or not Path(p).is_file() else f"{s} (sha256 {file_hash(p)[:12]})"
+
 def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'), out: str | Path = 'reports', workers: int = 1,
              limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
              opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
@@ -68,7 +75,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     for n in nations:
         if not found[n]: notes.append(f"{n}: no samples found (give --samples {n}=PATH, or run navab extract): left out"); continue
         p, k, bad = nation_samples(found[n], n, out, S)
-        notes.append(f"{n}: {k} samples from {', '.join(str(f) for f in found[n])}" + (f" ({bad} rows quarantined)" if bad else ''))
+        notes.append(f"{n}: {k} samples from {', '.join(public_file(f, out) for f in found[n])}" + (f" ({bad} rows quarantined)" if bad else ''))
         if not k: continue
         jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
                       opinions_limit=opinions_limit, max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),

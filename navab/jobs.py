@@ -105,6 +105,17 @@ def align_job(job: dict) -> dict:
         return dict(_save(out, dict(base, name=name, status='failed', error=f"{type(e).__name__}: {e}"[:300], headline='', html='', ipynb='', key='')), skipped=False)
 
 # %% ../nbs/10d_jobs.ipynb #67bbc5e9
+def _study_settings(out: Path, settings: Path) -> str:
+    "Copy the study's settings and model table into `out/study/` for its report: the copy's path relative to `out` (a published report names no path of this machine)."
+    import configparser, shutil
+    cp = configparser.ConfigParser(inline_comment_prefixes=('#',), interpolation=None); cp.read(settings, encoding='utf-8')
+    table, d = load_settings(settings).model_table, out/'study'
+    d.mkdir(exist_ok=True)
+    if table.is_file(): atomic_write(d/'models.csv', lambda t: shutil.copyfile(table, t))
+    cp['study']['model_table'] = 'models.csv'; cp['study'].pop('templates', None)   # the study report reads no templates
+    atomic_write(d/'settings.ini', lambda t: t.write_text(''.join(f'[{s}]\n' + ''.join(f'{k} = {v}\n' for k, v in cp[s].items()) + '\n' for s in cp.sections()), encoding='utf-8'))
+    return 'study/settings.ini'
+
 def _study_job(out: Path, runs: list, template: Path, seed: int, settings: Path, no_input: bool, timeout: int) -> dict:
     "Run the study report over all runs: its record (never raises)."
     runs = sorted(runs, key=lambda r: (label(r['model']), r['nation'], r['method']))
@@ -113,6 +124,6 @@ def _study_job(out: Path, runs: list, template: Path, seed: int, settings: Path,
     base = dict(kind='study', model='', nation='')
     inputs = [out/'runs.json', settings, load_settings(settings).model_table] + [Path(r['dir'])/f for r in runs for f in   # what it reads
               ('scores.parquet', 'robustness/summary.json', 'robustness/variations.parquet', 'robustness/flips.parquet')]
-    try: return _report(out, 'study', template, dict(runs_file='runs.json', seed=seed, settings=str(settings)), inputs, base, no_input, timeout, 'navab: study')
+    try: return _report(out, 'study', template, dict(runs_file='runs.json', seed=seed, settings=_study_settings(out, settings)), inputs, base, no_input, timeout, 'navab: study')
     except Exception as e:
         return dict(_save(out, dict(base, name='study', status='failed', error=f"{type(e).__name__}: {e}"[:300], headline='', html='', ipynb='', key='')), skipped=False)

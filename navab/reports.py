@@ -51,6 +51,12 @@ def to_html(ipynb: str | Path, dest: str | Path, no_input: bool = True, title: s
     return _public(atomic_write(dest, lambda t: t.write_text(body, encoding='utf-8')))
 
 # %% ../nbs/10b_reports.ipynb #5ec2a67a
+def _kernel_config() -> dict:
+    "papermill's kernel with CurveZMQ transport encryption where pyzmq has it (and the kernelspec declares it): its traffic is encrypted and it does not warn that it is not."
+    import zmq
+    from traitlets.config import Config
+    return dict(config=Config({'KernelManager': {'transport_encryption': 'auto'}})) if zmq.has('curve') else {}
+
 def execute_report(template: str | Path, params: dict, ipynb: str | Path, html_path: str | Path, cwd: str | Path,
                    no_input: bool = True, timeout: int = 900, title: str = '') -> dict:
     "Run a report notebook with papermill and publish it as HTML: {status, error, headline}; a failed cell fails only this report."
@@ -59,12 +65,15 @@ def execute_report(template: str | Path, params: dict, ipynb: str | Path, html_p
     status, error = 'ok', ''
     try:
         pm.execute_notebook(_prepared(Path(template)), str(tmp), parameters=params, kernel_name='python3', cwd=str(cwd), progress_bar=False,
-                            log_output=False, execution_timeout=timeout)
+                            log_output=False, execution_timeout=timeout, **_kernel_config())
     except pm.PapermillExecutionError as e:
         status, error = 'failed', f"cell {e.exec_count}: {e.ename}: {str(e.evalue).splitlines()[0][:300] if e.evalue else ''}"
     except Exception as e:
         status, error = 'failed', f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
     if not tmp.exists(): return dict(status=status, error=error or 'papermill wrote no notebook', headline='')
+    nb = nbformat.read(tmp, 4)   # papermill records where it read and wrote: the template's and the report's names instead of paths
+    nb.metadata.get('papermill', {}).update(input_path=Path(template).name, output_path=ipynb.name)
+    nbformat.write(nb, tmp)
     os.replace(_public(tmp), ipynb)
     to_html(ipynb, html_path, no_input, title)
     return dict(status=status, error=error, headline=_headline(nbformat.read(ipynb, 4)) if status == 'ok' else '')
@@ -73,8 +82,8 @@ def execute_report(template: str | Path, params: dict, ipynb: str | Path, html_p
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}.failed{color:#a00}.ok{color:#070}")
 
-def write_index(out: str | Path, records: list, notes: list = (), title: str = 'navab study') -> Path:
-    "Write `out/index.html`: one row per report (link, status, one-line result or error) and the grid's notes."
+def write_index(out: str | Path, records: list, notes: list = (), title: str = 'navab study', phases: list = ()) -> Path:
+    "Write `out/index.html`: one row per report (link, status, one-line result or error), the grid's notes and the time of each phase ((name, seconds, note) rows)."
     out = Path(out)
     recs = sorted(records, key=lambda r: (r['kind'] != 'study', r.get('model', ''), r.get('nation', '')))
     def link(r):
@@ -85,8 +94,11 @@ def write_index(out: str | Path, records: list, notes: list = (), title: str = '
                    f"<td>{h(r.get('headline') if r['status'] == 'ok' else r.get('error'))}</td></tr>" for r in recs)
     ok = sum(r['status'] == 'ok' for r in recs)
     note = ''.join(f'<li>{h(n)}</li>' for n in notes)
+    times = ''.join(f'<tr><td>{h(n)}</td><td>{s:.0f}</td><td>{h(x)}</td></tr>' for n, s, x in phases)
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{h(title)}</title><style>{_CSS}</style></head><body>'
             f'<h1>{h(title)}</h1><p>{len(recs)} reports, {ok} ok, {len(recs) - ok} failed. navab {h(__version__)}.</p>'
             f'<table><thead><tr><th>report</th><th>model</th><th>nation</th><th>status</th><th>result</th></tr></thead><tbody>{rows}</tbody></table>'
-            + (f'<h2>Notes</h2><ul>{note}</ul>' if note else '') + '</body></html>')
+            + (f'<h2>Notes</h2><ul>{note}</ul>' if note else '')
+            + (f'<h2>Time per phase</h2><table><thead><tr><th>phase</th><th>seconds</th><th></th></tr></thead><tbody>{times}</tbody></table>' if times else '')
+            + '</body></html>')
     return _public(atomic_write(out/'index.html', lambda t: t.write_text(page, encoding='utf-8')))

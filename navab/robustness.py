@@ -13,6 +13,7 @@ import polars as pl
 from . import __version__
 from .settings import load_settings, repo_root
 from .schema import atomic_write
+from .analysis import label
 
 # %% auto #0
 __all__ = ['VARIATION_FIELDS', 'default_variations', 'load_variations', 'variation_options', 'variation_prompts',
@@ -160,7 +161,7 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
         row = dict(name=v['name'], **{f: v[f] for f in VARIATION_FIELDS}, status='ok', reason=None, n=None, accuracy=None,
                    ci_low=None, ci_high=None, n_ties=None, n_requests=None)
         if v['chat'] == 'yes' and not info.chat_template:
-            rows.append(dict(row, status='skipped', reason=f"{info.name} has no chat template")); continue
+            rows.append(dict(row, status='skipped', reason=f"{label(info.name)} has no chat template")); continue
         run = Run(T, seed, MC.check(variation_options(v)), tok)          # a variation is the MC task under other options
         costs[v['name']] = _new_keys(MC.steps[0].build(samples, run)[1], info, cache)
         req = run_steps(MC, samples, B, run, out, batch_size=batch_size, progress=False, cache=cache)
@@ -204,7 +205,7 @@ def robustness_section(folder: str | Path) -> dict:
     if missing: raise FileNotFoundError(f"{d}: not a finished robustness run (missing {', '.join(missing)}): run navab robustness")
     s = json.loads((d/'summary.json').read_text(encoding='utf-8'))
     ft = s['format_test']
-    text = [f"{s['model']}: {s['n_samples']} samples re-scored under {s['n_variations']} prompt variations"
+    text = [f"{label(s['model'])}: {s['n_samples']} samples re-scored under {s['n_variations']} prompt variations"
             + (f" ({len(s['skipped'])} skipped: {', '.join(f'{k}: {v}' for k, v in s['skipped'].items())})" if s['skipped'] else '') + '.',
             f"{s['stable_share']:.0%} of samples keep their decision under every variation "
             f"(95% Wilson CI {s['stable_ci_low']:.0%} to {s['stable_ci_high']:.0%}); a sample flips {s['mean_flips']:.2f} times on average.",
