@@ -14,7 +14,7 @@ from .data import release_nations
 from .runs import parse_samples, find_samples, nation_samples
 from .reports import REPORTS, write_index
 from .executor import _local_grid, _ray_grid
-from .runs import GRID_EXTRAS
+from .runs import GRID_EXTRAS, file_hash
 from .analysis import public_path
 
 

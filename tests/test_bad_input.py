@@ -166,6 +166,7 @@ def test_relative_model_folder_is_read_not_written(tiny_model, tmp_path):
 def test_trust_remote_code_only_with_the_flag(tiny_model, monkeypatch, capsys):
     import transformers
     from navab.cli import main
+    monkeypatch.setattr('navab.models._LOADED', {})      # a model an earlier test loaded in this process would not be read again
     seen = []
     for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
         orig = cls.from_pretrained

@@ -27,7 +27,7 @@ def test_settings_change_what_runs(tmp_path):
     assert '30 runs' in out and 'gemma3-270m' in out and ' CN (zh) ' in out
     ini = tmp_path / 'study.ini'
     ini.write_text((ROOT / 'settings.ini').read_text().replace('models = smollm2-135m, gemma3-270m', 'models = smollm2-135m')
-                   .replace('nations = CN, US, UK, FR, DE\nmethods', 'nations = FR\nmethods'))
+                   .replace('nations = CN, US, UK, FR, DE\ntasks = mc, pref, aj', 'nations = FR\ntasks = mc, aj'))
     env = dict(os.environ, NAVAB_SETTINGS=str(ini))
     out2 = subprocess.run([*NAVAB, 'plan'], capture_output=True, text=True, check=True, env=env, cwd=tmp_path).stdout
     assert '2 runs' in out2 and 'gemma3-270m' not in out2 and ' FR (fr) mc' in out2 and ' FR (fr) aj' in out2

@@ -85,7 +85,7 @@ def test_leak_finder_finds_a_leak(tmp_path):
 def test_kernel_runs_encrypted_without_the_tcp_warning(tmp_path, capfd):
     "A report's kernel gets CurveZMQ keys: its traffic is encrypted and it prints no 'running over TCP without encryption' (papermill's default does)."
     import nbformat, papermill as pm
-    from navab.grid import execute_report
+    from navab.reports import execute_report
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("# parameters\nx = 1"), nbformat.v4.new_code_cell("# headline\nprint(x * 2)")],
                                   metadata=dict(kernelspec=dict(name='python3', display_name='Python 3', language='python')))
     nbformat.write(nb, tmp_path/'t.ipynb')
@@ -105,7 +105,7 @@ def test_kernel_runs_encrypted_without_the_tcp_warning(tmp_path, capfd):
 
 
 def test_index_shows_the_time_of_each_phase(tmp_path):
-    from navab.grid import write_index
+    from navab.reports import write_index
     idx = write_index(tmp_path, [dict(kind='study', name='study', status='ok', headline='MC 0.5', html='study.html')], ['a note'],
                       phases=[('install (make)', 237.4, ''), ('extract CN', 85.2, 'smollm2-135m'), ('total', 1434.0, '')]).read_text()
     assert '<h2>Time per phase</h2>' in idx and '<td>extract CN</td><td>85</td><td>smollm2-135m</td>' in idx and '<td>total</td><td>1434</td>' in idx
