@@ -89,6 +89,7 @@ class Cached:
 
     def add(self, rows: pl.DataFrame):
         "Store new answers (one part, written at once) and keep them for this call."
+        if not len(rows): return
         if self.run_dir: write_part(self.run_dir, self.kind, rows)
         self.added += len(rows)
         self.done.update((r['key'], r) for r in rows.iter_rows(named=True))
