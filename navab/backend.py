@@ -6,17 +6,17 @@ completions server: vLLM, SGLang, `navab serve`)."""
 
 # %% ../nbs/04d_backend.ipynb #45bdab9b
 from __future__ import annotations
-import hashlib, json, random, re, threading, time
+import hashlib, json, random, re, time
 from pathlib import Path
 import polars as pl
 from .models import load_model, resolve, start_token, convert_embedded, ModelInfo, SENTENCES
-from .score import score, encode_requests, request_key, read_results, RESULTS, _check_requests, _results, _write_part, _compact, _move_space
-from .generate import generate
-from .serve import generate_http, server_message
+from .cache import Cached, cache_key
+from .score import score, encode_requests, request_key, RESULTS, _check_requests, _results, _move_space
+from .generate import generate, _cut
 
 # %% auto #0
-__all__ = ['Backend', 'HFBackend', 'parse_remote', 'load_tokenizer', 'tokenizer_hash', 'OpenAIBackend', 'is_remote',
-           'get_backend', 'remote_stamp']
+__all__ = ['Backend', 'HFBackend', 'parse_remote', 'load_tokenizer', 'tokenizer_hash', 'server_message', 'Client',
+           'ServerBackend', 'generate_http', 'OpenAIBackend', 'is_remote', 'get_backend', 'remote_stamp']
 
 # %% ../nbs/04d_backend.ipynb #26cd87c6
 class Backend:
@@ -81,19 +81,34 @@ def tokenizer_hash(tok) -> str:
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
 # %% ../nbs/04d_backend.ipynb #aa84a010
-class _Client:
-    "POST/GET JSON to one server with retries (429, 5xx, timeouts, connection errors) and one-line errors."
+def server_message(r) -> str:
+    "The message of a server's error response on one line: vLLM's `message`, OpenAI's `error.message`, FastAPI's `detail`, else its text."
+    try: d = r.json()
+    except Exception: d = None
+    msg = None
+    if isinstance(d, dict):
+        e = d.get('error')
+        msg = d.get('message') or (e.get('message') if isinstance(e, dict) else e) or d.get('detail')
+    return ' '.join(str(msg or r.text or r.reason_phrase).split())[:300]
+
+def _v1(url: str) -> str:
+    "A server's base URL ending in /v1."
+    url = url.rstrip('/')
+    return url if url.endswith('/v1') else url + '/v1'
+
+class Client:
+    "POST/GET JSON to one server (`base` ending in /v1) with retries (429, 5xx, timeouts, connection errors) and one-line errors."
     def __init__(self, base: str, retries: int = 4, backoff: float = 0.5, timeout: float = 300, api_key: str | None = None, connections: int = 8):
         import httpx
         self.base, self.retries, self.backoff = base, retries, backoff
         self.http = httpx.Client(timeout=timeout, headers={'Authorization': f'Bearer {api_key}'} if api_key else {},
                                  limits=httpx.Limits(max_connections=max(1, connections), max_keepalive_connections=max(1, connections)))
 
-    def call(self, path: str, body: dict | None = None) -> dict:
-        "The JSON answer of GET (no body) or POST `path`; retried on transient failures, a ValueError/ConnectionError naming the cause otherwise."
+    def call(self, path: str, body: dict | None = None, retries: int | None = None) -> dict:
+        "The JSON answer of GET (no body) or POST `path`; retried on transient failures (`retries` overrides the client's), a ValueError/ConnectionError naming the cause otherwise."
         import httpx
-        url, last = self.base + path, None
-        for k in range(self.retries + 1):
+        url, last, retries = self.base + path, None, self.retries if retries is None else retries
+        for k in range(retries + 1):
             try:
                 r = self.http.post(url, json=body) if body is not None else self.http.get(url)
                 if r.status_code == 200:
@@ -102,8 +117,55 @@ class _Client:
                 last = f"HTTP {r.status_code}: {server_message(r)}"
                 if r.status_code != 429 and r.status_code < 500: raise ValueError(f"{url}: {last}")   # a client error will not get better
             except httpx.HTTPError as e: last = f"{type(e).__name__}: {e}"
-            if k < self.retries: time.sleep(self.backoff * 2 ** k * (0.5 + random.random()))
+            if k < retries: time.sleep(self.backoff * 2 ** k * (0.5 + random.random()))
         raise ConnectionError(f"{url}: {last} (after {k + 1} tries)")
+
+# %% ../nbs/04d_backend.ipynb #e146ceda
+class ServerBackend(Backend):
+    "Generation through an OpenAI-compatible completions server known by URL and served name (no tokenizer needed), cached under `ident`."
+    kind = 'openai'
+    def __init__(self, url: str, served: str, ident: str | None = None, retries: int = 4, backoff: float = 0.5, timeout: float = 300,
+                 api_key: str | None = None, connections: int = 8):
+        self.url, self.base, self.served = url.rstrip('/'), _v1(url), served
+        self.name, self.ident = f"{url.rstrip('/')}#{served}", ident or f"http|{url.rstrip('/')}|{served}"
+        self.client = Client(self.base, retries, backoff, timeout, api_key, connections)
+
+    def score(self, requests, run_dir=None, batch_size=16, progress=True):
+        raise ValueError(f"{self.name}: scoring through a server needs the served model's tokenizer: "
+                         f"use get_backend('{self.base}#{self.served}', tokenizer=...)")
+
+    def generate(self, prompts, run_dir=None, max_new_tokens=48, seed=0, chat=False, batch_size=8, progress=True, stop='\n', stops=None,
+                 lang=None, temperature: float = 0.0):
+        "Completions through the server, `batch_size` prompts a call, cached in `run_dir`; `chat` applies the tokenizer's template here; `stops` and `lang` are not applied."
+        from tqdm.auto import tqdm
+        ps = list(prompts)
+        if chat:
+            if not getattr(self.tok, 'chat_template', None): raise ValueError(f"chat=True but {self.served}'s tokenizer has no chat template"
+                                                                             + ('' if self.tok is not None else ' here (none was loaded)'))
+            ps = [self.tok.apply_chat_template([{'role': 'user', 'content': p}], tokenize=False, add_generation_prompt=True) for p in ps]
+        ident = self.ident + ('|chat' if chat else '')
+        params = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, chat=False, stop=stop)
+        cache = Cached(run_dir, 'generate', [cache_key('generate', ident, 'remote', (p,), params) for p in ps])
+        todo = cache.missing()
+        with tqdm(total=len(todo), desc=f"generate {self.served} @ {self.base}", unit='answer', disable=not progress) as bar:
+            for b in range(0, len(todo), batch_size):
+                idx = todo[b:b + batch_size]
+                body = dict(model=self.served, prompt=[ps[i] for i in idx], max_tokens=max_new_tokens, temperature=temperature, seed=seed)
+                if stop: body['stop'] = [stop]
+                ch = sorted(self.client.call('/completions', body).get('choices') or [], key=lambda c: c.get('index', 0))
+                if len(ch) != len(idx): raise ValueError(f"{self.base}/completions: {len(ch)} completions for {len(idx)} prompts")
+                cache.add(pl.DataFrame({'key': [cache.keys[i] for i in idx], 'text': [_cut(c['text'], stop) for c in ch],
+                                        'prompt': [ps[i] for i in idx], 'model_hash': ident, 'params': json.dumps(params)}))
+                bar.update(len(idx))
+        cache.close()
+        return cache.get('text')
+
+def generate_http(prompts, url: str, model: str, run_dir=None, max_new_tokens: int = 48, temperature: float = 0.0, seed: int = 0,
+                  stop: str | None = '\n', batch_size: int = 8, retries: int = 4, backoff: float = 0.5, timeout: float = 300,
+                  api_key: str | None = None, progress: bool = True, key: str | None = None) -> list:
+    "Generate through an OpenAI-compatible server, batched and cached by (server, model, prompt, parameters); `key` replaces (server, model)."
+    return ServerBackend(url, model, key, retries, backoff, timeout, api_key).generate(
+        prompts, run_dir=run_dir, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop=stop, batch_size=batch_size, progress=progress)
 
 # %% ../nbs/04d_backend.ipynb #5bde8484
 def _choices(res: dict, n: int, url: str) -> list:
@@ -133,15 +195,15 @@ def _sum_span(lp: dict, a: int, b: int, url: str) -> tuple:
 # %% ../nbs/04d_backend.ipynb #d4c5de4b
 _PROBE = SENTENCES['en']
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(ServerBackend):
     "A model behind an OpenAI-compatible completions server: scoring by echo + logprobs, generation by completions; cached like `hf`."
     kind = 'openai'
     def __init__(self, spec: str, tokenizer: str | None = None, concurrency: int = 8, retries: int = 4, backoff: float = 0.5,
                  timeout: float = 300, api_key: str | None = None, prompt_mode: str = 'auto'):
         t0 = time.time()
-        self.base, served, rev = parse_remote(spec)
+        base, served, rev = parse_remote(spec)
         self.concurrency = max(1, int(concurrency))
-        self.client = _Client(self.base, retries, backoff, timeout, api_key, self.concurrency)
+        super().__init__(base, served, retries=retries, backoff=backoff, timeout=timeout, api_key=api_key, connections=self.concurrency)
         listing = self.client.call('/models').get('data') or []
         ids = [d.get('id') for d in listing]
         served = served or (ids[0] if ids else None)
@@ -159,6 +221,7 @@ class OpenAIBackend(Backend):
         self.info = ModelInfo(name=served, kind='openai', path=self.base, hash=f"openai|{served}@{self.revision or 'unknown-revision'}|{tokenizer_hash(self.tok)}",
                               dtype='remote', device='remote', n_params=0, start_token=st, start_token_id=sid,
                               chat_template=bool(getattr(self.tok, 'chat_template', None)), load_s=0.0)
+        self.ident = self.info.hash       # generations are cached under the served name, revision and tokenizer too
         self.mode, self.adds_bos = self._probe(prompt_mode)
         self.info.load_s = round(time.time() - t0, 2)
 
@@ -220,13 +283,9 @@ def _openai_score(self, requests, run_dir=None, batch_size=16, progress=True):
     _check_requests(requests)
     ctx, cont = requests['context'].to_list(), requests['continuation'].to_list()
     keys = [request_key(self.info, c, x) for c, x in zip(ctx, cont)]
-    count = Counter(keys)
-    done = {r['key']: r for r in read_results(run_dir).iter_rows(named=True) if r['key'] in count} if run_dir else {}
-    first = {}
-    for i, k in enumerate(keys):
-        if k not in done: first.setdefault(k, i)
+    count, cache = Counter(keys), Cached(run_dir, 'score', keys)
     group = requests['group'].cast(pl.String).to_list() if 'group' in requests.columns else [None] * len(requests)
-    todo = sorted(first.values(), key=lambda i: (group[i] or ctx[i], i))     # a question's options go in one call
+    todo = sorted(cache.missing(), key=lambda i: (group[i] or ctx[i], i))     # a question's options go in one call
     enc = dict(zip(todo, encode_requests(self.tok, [ctx[i] for i in todo], [cont[i] for i in todo], self.info.start_token_id))) if todo else {}
     chunks = [todo[a:a + batch_size] for a in range(0, len(todo), max(1, batch_size))]
     def run(idx):
@@ -238,28 +297,16 @@ def _openai_score(self, requests, run_dir=None, batch_size=16, progress=True):
         try:
             for f in as_completed(futs):
                 idx, res = f.result()
-                new = pl.DataFrame({'key': [keys[i] for i in idx], 'logprob': [r[0] for r in res], 'n_tokens': [r[2] for r in res],
-                                    'is_greedy': [r[1] for r in res], 'model_hash': self.info.hash, 'dtype': self.info.dtype}, schema=RESULTS)
-                if run_dir: _write_part(run_dir, new)
-                done.update((r['key'], r) for r in new.iter_rows(named=True))
+                cache.add(pl.DataFrame({'key': [keys[i] for i in idx], 'logprob': [r[0] for r in res], 'n_tokens': [r[2] for r in res],
+                                        'is_greedy': [r[1] for r in res], 'model_hash': self.info.hash, 'dtype': self.info.dtype}, schema=RESULTS))
                 bar.update(sum(count[keys[i]] for i in idx))
         except BaseException:
             for f in futs: f.cancel()
             raise
-    if run_dir and todo: _compact(run_dir)
-    return _results(requests, [done[k]['logprob'] for k in keys], [done[k]['n_tokens'] for k in keys], [done[k]['is_greedy'] for k in keys])
+    cache.close()
+    return _results(requests, cache.get('logprob'), cache.get('n_tokens'), cache.get('is_greedy'))
 
-def _openai_generate(self, prompts, run_dir=None, max_new_tokens=48, seed=0, chat=False, batch_size=8, progress=True, stop='\n', stops=None, lang=None):
-    "Greedy completions through the server (`generate_http`), the chat template applied here; `stops` and `lang` are not applied (the server decodes its whole vocabulary)."
-    ps = list(prompts)
-    if chat:
-        if not self.info.chat_template: raise ValueError(f"chat=True but {self.served}'s tokenizer has no chat template")
-        ps = [self.tok.apply_chat_template([{'role': 'user', 'content': p}], tokenize=False, add_generation_prompt=True) for p in ps]
-    return generate_http(ps, self.base, self.served, run_dir=run_dir, max_new_tokens=max_new_tokens, temperature=0.0, seed=seed, stop=stop,
-                         batch_size=batch_size, retries=self.client.retries, backoff=self.client.backoff, progress=progress,
-                         key=self.info.hash + ('|chat' if chat else ''))
-
-OpenAIBackend.score, OpenAIBackend.generate = _openai_score, _openai_generate
+OpenAIBackend.score = _openai_score
 
 # %% ../nbs/04d_backend.ipynb #d705a11c
 def is_remote(model) -> bool:
@@ -276,10 +323,9 @@ def get_backend(model, dtype: str = 'float32', device: str = 'cpu', tokenizer: s
 
 def remote_stamp(spec: str, timeout: float = 10) -> str:
     "A server model's identity for the grid: its spec and the revision the server reports now (the spec alone when it reports none or is down)."
-    import httpx
     base, served, rev = parse_remote(spec)
     if rev: return spec
-    try: listing = httpx.get(base + '/models', timeout=timeout).json().get('data') or []
+    try: listing = Client(base, retries=0, timeout=timeout).call('/models').get('data') or []
     except Exception: return spec
     got = [d.get('revision') for d in listing if d.get('id') == served or served is None]
     return f"{spec}|{got[0]}" if got and got[0] else spec

@@ -5,26 +5,20 @@ costs nothing."""
 
 # %% ../nbs/04b_generate.ipynb #95f19acd
 from __future__ import annotations
-import hashlib, json, time, uuid
+import json
 from pathlib import Path
 import polars as pl
-from .schema import atomic_write
+from .cache import KINDS, Cached, cache_key
 
 # %% auto #0
 __all__ = ['GEN_VERSION', 'SHARE_MIN', 'generation_key', 'lang_vocab', 'generate']
 
 # %% ../nbs/04b_generate.ipynb #e24efdae
-GEN_VERSION = 'navab-generate-2'  # bump when the convention changes: cached outputs are then regenerated
+GEN_VERSION = KINDS['generate'].version  # bump it (in the cache chapter) when the convention changes: cached outputs are then regenerated
 
 def generation_key(info, prompt: str, params: dict) -> str:
-    "The cache key of one generation: sha256 of the version, model hash, dtype, prompt and parameters."
-    return hashlib.sha256(json.dumps([GEN_VERSION, info.hash, info.dtype, prompt, sorted(params.items())]).encode()).hexdigest()
-
-# %% ../nbs/04b_generate.ipynb #f5dc0e61
-def _read_cache(run_dir) -> dict:
-    "key -> text of every generation stored in a run folder."
-    fs = sorted(Path(run_dir).glob('gen-*.parquet')) if run_dir and Path(run_dir).is_dir() else []
-    return dict(pl.concat([pl.read_parquet(f) for f in fs]).select('key', 'text').rows()) if fs else {}
+    "The cache key of one generation: `cache_key` of the version, model hash, dtype, prompt and parameters."
+    return cache_key('generate', info.hash, info.dtype, (prompt,), params)
 
 # %% ../nbs/04b_generate.ipynb #98936f62
 def _prompt_ids(tok, prompt: str, chat: bool, start_id: int) -> list:
@@ -134,9 +128,9 @@ def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, 
     if stops: params['stops'] = sorted(stops)
     if lang: params['lang'] = lang
     keys = [generation_key(info, p, params) for p in prompts]
-    done = _read_cache(run_dir)
-    todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in done}.values())
-    if not todo: return [done[k] for k in keys]
+    cache = Cached(run_dir, 'generate', keys)
+    todo = cache.missing()
+    if not todo: return cache.get('text')
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = [t for t in {tok.eos_token_id, *(tok.convert_tokens_to_ids(x) for x in ('<|im_end|>', '<end_of_turn>') if x in tok.get_vocab())} if t is not None]
     vocab = set(lang_vocab(tok, lang)) if lang else None
@@ -157,8 +151,8 @@ def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, 
                                                                    temperature=temperature, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos or None)]
                 else: gen = _greedy(model, tok, ids, pad, eos, max_new_tokens, rows_v, tuple(stops or ()), share_prefix)
             texts = [_cut(tok.decode(o, skip_special_tokens=True), stop) for o in gen]
-            new = pl.DataFrame({'key': [keys[i] for i in idx], 'text': texts, 'prompt': [prompts[i] for i in idx],
-                                'model_hash': info.hash, 'params': json.dumps(params)})
-            if run_dir: atomic_write(Path(run_dir)/f"gen-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet", lambda t: new.write_parquet(t))
-            done.update(zip(new['key'], new['text'])); bar.update(len(idx))
-    return [done[k] for k in keys]
+            cache.add(pl.DataFrame({'key': [keys[i] for i in idx], 'text': texts, 'prompt': [prompts[i] for i in idx],
+                                    'model_hash': info.hash, 'params': json.dumps(params)}))
+            bar.update(len(idx))
+    cache.close()
+    return cache.get('text')

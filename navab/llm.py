@@ -6,28 +6,48 @@ delimited as data."""
 
 # %% ../nbs/08_llm.ipynb #f10758e3
 from __future__ import annotations
-import configparser, hashlib, json, math, re, time, uuid
+import configparser, json, math, re
 from pathlib import Path
 import polars as pl
-from .schema import atomic_write
 from .settings import find_settings
+from .cache import Cached, cache_key
+from .backend import Client, ServerBackend, get_backend, _v1
 
 # %% auto #0
-__all__ = ['Generator', 'option_probs', 'LocalGenerator', 'match_option', 'HttpGenerator', 'extract_settings',
+__all__ = ['score_options', 'Generator', 'option_probs', 'LocalGenerator', 'match_option', 'HttpGenerator', 'extract_settings',
            'default_generator', 'get_generator', 'delimit', 'guess_lang', 'lang_problem', 'parse_json', 'ask_json']
 
 # %% ../nbs/08_llm.ipynb #5a943710
+def score_options(backend, prompts: list, options: list, run_dir=None, batch_size: int = 8, progress: bool = True) -> list:
+    "For each prompt, the backend's log-prob of each of its options as a continuation: one `score` call, a prompt's options grouped."
+    if len(prompts) != len(options): raise ValueError(f"choose: {len(prompts)} prompts but {len(options)} option lists")
+    rows = [(p, o, i) for i, (p, os_) in enumerate(zip(prompts, options)) for o in os_]
+    if not rows: return [[] for _ in prompts]
+    req = pl.DataFrame(rows, schema={'context': pl.String, 'continuation': pl.String, 'group': pl.Int64}, orient='row')
+    lp = backend.score(req, run_dir=run_dir, batch_size=batch_size, progress=progress)['logprob'].to_list()
+    out, k = [], 0
+    for os_ in options: out.append(lp[k:k + len(os_)]); k += len(os_)
+    return out
+
 class Generator:
-    "What every LLM stage uses: `complete` (greedy continuations) and `choose` (log-prob of each fixed option)."
+    "What every LLM stage uses: `complete` (greedy continuations: the backend's `generate`) and `choose` (log-prob of each fixed option: the backend's `score`)."
     name: str = ''
     hash: str = ''
+    backend = None
+    run_dir = None
+    batch_size: int = 8
+    def _backend(self):
+        if self.backend is None: raise NotImplementedError(f"{type(self).__name__} has no backend: it must define complete and choose itself")
+        return self.backend
     def complete(self, prompts: list, *, max_new_tokens: int = 64, stop: str | None = '\n', seed: int = 0,
                  prefix: str = '', progress: bool = True, stops: list | None = None, lang: str | None = None) -> list:
         "Greedy (seeded) continuations of `prompt + prefix`, cut at `stop` (halted, not cut, at `stops`, and held to `lang`'s script, where the backend can); cached."
-        raise NotImplementedError
+        halt = sorted({*(stops or []), *([stop] if stop else [])})   # end each answer as soon as it holds a stop string
+        return self._backend().generate([p + prefix for p in prompts], run_dir=self.run_dir, max_new_tokens=max_new_tokens, seed=seed,
+                                        stop=stop, stops=halt or None, lang=lang, batch_size=self.batch_size, progress=progress)
     def choose(self, prompts: list, options: list, progress: bool = True) -> list:
-        "For each prompt, the log-probability of each of its option continuations."
-        raise NotImplementedError
+        "For each prompt, the log-probability of each of its option continuations; cached."
+        return score_options(self._backend(), prompts, options, run_dir=self.run_dir, batch_size=self.batch_size, progress=progress)
     def __repr__(self): return f"{type(self).__name__}({self.name!r})"
 
 # %% ../nbs/08_llm.ipynb #fd16e107
@@ -39,7 +59,7 @@ def option_probs(logps: list) -> list:
 
 # %% ../nbs/08_llm.ipynb #d163e614
 class LocalGenerator(Generator):
-    "A local transformers model through the `hf` backend (navab.generate, navab.score); both cached in `run_dir`."
+    "A local transformers model on the `hf` backend (navab.generate, navab.score), loaded on first use; both cached in `run_dir`."
     def __init__(self, model: str, run_dir=None, dtype: str = 'auto', batch_size: int = 8, seed: int = 0, device: str = 'auto'):
         from navab.models import resolve_device, resolve_dtype
         self.name, self.run_dir, self.batch_size, self.seed, self.device = str(model), run_dir, batch_size, seed, device
@@ -48,30 +68,16 @@ class LocalGenerator(Generator):
         if run_dir: Path(run_dir).mkdir(parents=True, exist_ok=True)
 
     def _load(self):
-        from navab.backend import HFBackend
-        if self._m is None: self._m = HFBackend(self.name, dtype=self.dtype, device=self.device)
-        elif isinstance(self._m, tuple): self._m = HFBackend(None, loaded=self._m)   # a model loaded elsewhere
+        if self._m is None: self._m = get_backend(self.name, dtype=self.dtype, device=self.device)
+        elif isinstance(self._m, tuple): self._m = get_backend(self._m)   # a model loaded elsewhere: (model, tokenizer, info)
         return self._m
 
+    @property
+    def backend(self): return self._load()
     @property
     def info(self): return self._load().info
     @property
     def hash(self): return f"{self.info.hash}|{self.dtype}"
-
-    def complete(self, prompts, *, max_new_tokens=64, stop='\n', seed=0, prefix='', progress=True, stops=None, lang=None):
-        halt = sorted({*(stops or []), *([stop] if stop else [])})   # end each answer as soon as it holds a stop string
-        return self._load().generate([p + prefix for p in prompts], run_dir=self.run_dir, max_new_tokens=max_new_tokens, seed=seed,
-                                     stop=stop, stops=halt or None, lang=lang, batch_size=self.batch_size, progress=progress)
-
-    def choose(self, prompts, options, progress=True):
-        if len(prompts) != len(options): raise ValueError(f"choose: {len(prompts)} prompts but {len(options)} option lists")
-        rows = [(p, o, i) for i, (p, os_) in enumerate(zip(prompts, options)) for o in os_]
-        if not rows: return [[] for _ in prompts]
-        req = pl.DataFrame(rows, schema={'context': pl.String, 'continuation': pl.String, 'group': pl.Int64}, orient='row')
-        lp = self._load().score(req, run_dir=self.run_dir, batch_size=self.batch_size, progress=progress)['logprob'].to_list()
-        out, k = [], 0
-        for os_ in options: out.append(lp[k:k + len(os_)]); k += len(os_)
-        return out
 
 # %% ../nbs/08_llm.ipynb #c32d85cc
 def _norm(s: str) -> str:
@@ -89,40 +95,31 @@ def match_option(answer: str, options: list) -> int | None:
 
 # %% ../nbs/08_llm.ipynb #4630a032
 class HttpGenerator(Generator):
-    "An OpenAI-compatible server (`url` ending in /v1 or not, `model` its model id); cached in `run_dir`."
+    "An OpenAI-compatible server (`url` ending in /v1 or not, `model` its model id) on a `ServerBackend`; cached in `run_dir`."
     def __init__(self, url: str, model: str, run_dir=None, batch_size: int = 8, retries: int = 4, backoff: float = 0.5,
                  timeout: float = 300, api_key: str | None = None, seed: int = 0, tokenizer: str | None = None, concurrency: int = 8):
         self.url, self.model, self.run_dir, self.batch_size = url.rstrip('/'), model, run_dir, batch_size
         self.tokenizer, self.concurrency, self._be, self.scorer_note = tokenizer, concurrency, None, None
         self.retries, self.backoff, self.timeout, self.api_key, self.seed = retries, backoff, timeout, api_key, seed
-        self.name, self.hash = f"{self.url}#{model}", f"http|{self.url}|{model}"
-        self.choose_mode = None   # 'logprobs' or 'match', found on first use
+        self.backend = ServerBackend(self.url, model, retries=retries, backoff=backoff, timeout=timeout, api_key=api_key)
+        self.name, self.hash = self.backend.name, self.backend.ident   # `url#model`, `http|url|model`
+        self.choose_mode = None   # 'backend', 'logprobs' or 'match', found on first use
         if run_dir: Path(run_dir).mkdir(parents=True, exist_ok=True)
 
-    def complete(self, prompts, *, max_new_tokens=64, stop='\n', seed=0, prefix='', progress=True, stops=None, lang=None):
-        from navab.serve import generate_http   # a server decodes over its whole vocabulary: `lang` is not applied
-        return generate_http([p + prefix for p in prompts], self.url, self.model, run_dir=self.run_dir, max_new_tokens=max_new_tokens,
-                             temperature=0.0, seed=seed, stop=stop, batch_size=self.batch_size, retries=self.retries,
-                             backoff=self.backoff, timeout=self.timeout, api_key=self.api_key, progress=progress)
-
-    def _endpoint(self): return self.url + ('' if self.url.endswith('/v1') else '/v1') + '/completions'
-
     def scorer(self):
-        "The `openai` backend over this server (batched, concurrent, token-exact scoring, as evaluation uses) when it can be built; else None: the text-offset path."
+        "The `openai` backend over this server (batched, concurrent, token-exact scoring, as evaluation uses) when it can be built; else None: the fallback modes."
         if self._be is None:
-            from navab.backend import OpenAIBackend
-            try: self._be = OpenAIBackend(f"{self.url + ('' if self.url.endswith('/v1') else '/v1')}#{self.model}", tokenizer=self.tokenizer,
-                                          concurrency=self.concurrency, retries=self.retries, backoff=self.backoff, timeout=self.timeout, api_key=self.api_key)
+            try: self._be = get_backend(f"{self.backend.base}#{self.model}", tokenizer=self.tokenizer, concurrency=self.concurrency,
+                                        retries=self.retries, backoff=self.backoff, timeout=self.timeout, api_key=self.api_key)
             except Exception as e:          # no tokenizer here for the served model, no /v1/models, a probe that disagrees
                 self._be, self.scorer_note = False, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
         return self._be or None
 
     def _echo_logprobs(self, prompt: str, option: str, probe: bool = False) -> float | None:
         "Log-prob of `option` after `prompt` from an echo request; None when the server returns no token log-probs."
-        from navab.serve import _post
         body = dict(model=self.model, prompt=prompt + option, max_tokens=0, echo=True, logprobs=1, temperature=0.0)
-        try: r = _post(self._endpoint(), body, 0 if probe else self.retries, self.backoff, self.timeout, self.api_key)
-        except ConnectionError:
+        try: r = self.backend.client.call('/completions', body, retries=0 if probe else None)
+        except (ConnectionError, ValueError):
             if probe: return None          # a server that refuses echo/logprobs: fall back to matching
             raise
         lp = (r.get('choices') or [{}])[0].get('logprobs') or {}
@@ -133,44 +130,30 @@ class HttpGenerator(Generator):
     def choose(self, prompts, options, progress=True):
         from tqdm.auto import tqdm
         if len(prompts) != len(options): raise ValueError(f"choose: {len(prompts)} prompts but {len(options)} option lists")
-        cache = _read_choices(self.run_dir)
-        key = lambda p, o: hashlib.sha256(json.dumps(['navab-choose-1', self.hash, p, o]).encode()).hexdigest()
-        out = []
         if self.choose_mode in (None, 'backend') and prompts and options[0] and (be := self.scorer()) is not None:
             self.choose_mode = 'backend'
-            rows = [(p, o, i) for i, (p, os_) in enumerate(zip(prompts, options)) for o in os_]
-            req = pl.DataFrame(rows, schema={'context': pl.String, 'continuation': pl.String, 'group': pl.Int64}, orient='row')
-            lp = be.score(req, run_dir=self.run_dir, batch_size=16, progress=progress)['logprob'].to_list()
-            k = 0
-            for os_ in options: out.append(lp[k:k + len(os_)]); k += len(os_)
-            return out
+            return score_options(be, prompts, options, run_dir=self.run_dir, batch_size=16, progress=progress)
         if self.choose_mode is None and prompts and options[0]:
             self.choose_mode = 'logprobs' if self._echo_logprobs(prompts[0], options[0][0], probe=True) is not None else 'match'
         if self.choose_mode == 'match':
             longest = max((len(o) for os_ in options for o in os_), default=1)
             ans = self.complete(prompts, max_new_tokens=max(4, min(32, longest)), stop='\n', progress=progress)
+            out = []
             for a, os_ in zip(ans, options):
                 k = match_option(a, os_)
                 out.append([-math.log(len(os_))] * len(os_) if k is None else [0.0 if j == k else -20.0 for j in range(len(os_))])
             return out
+        pairs = [(p, o) for p, os_ in zip(prompts, options) for o in os_]
+        cache = Cached(self.run_dir, 'choose', [cache_key('choose', self.hash, None, po) for po in pairs])
         new = []
-        for p, os_ in tqdm(list(zip(prompts, options)), desc=f"choose {self.name}", disable=not progress):
-            row = []
-            for o in os_:
-                k = key(p, o)
-                if k not in cache:
-                    cache[k] = self._echo_logprobs(p, o); new.append((k, cache[k]))
-                row.append(cache[k])
-            out.append(row)
-        if new and self.run_dir:
-            df = pl.DataFrame(new, schema={'key': pl.String, 'logprob': pl.Float64}, orient='row')
-            atomic_write(Path(self.run_dir)/f"choose-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet", lambda t: df.write_parquet(t))
+        for i in tqdm(cache.missing(), desc=f"choose {self.name}", disable=not progress):   # one option a call, stored 64 at a time
+            new.append((cache.keys[i], self._echo_logprobs(*pairs[i])))
+            if len(new) == 64: cache.add(pl.DataFrame(new, schema={'key': pl.String, 'logprob': pl.Float64}, orient='row')); new = []
+        if new: cache.add(pl.DataFrame(new, schema={'key': pl.String, 'logprob': pl.Float64}, orient='row'))
+        cache.close()
+        lp, out, k = cache.get('logprob'), [], 0
+        for os_ in options: out.append(lp[k:k + len(os_)]); k += len(os_)
         return out
-
-def _read_choices(run_dir) -> dict:
-    "key -> log-prob of every HTTP choice stored in a run folder."
-    fs = sorted(Path(run_dir).glob('choose-*.parquet')) if run_dir and Path(run_dir).is_dir() else []
-    return dict(pl.concat([pl.read_parquet(f) for f in fs]).rows()) if fs else {}
 
 # %% ../nbs/08_llm.ipynb #e1116f93
 def extract_settings(path=None) -> dict:
@@ -193,9 +176,8 @@ def get_generator(spec: str | None = None, run_dir=None, seed: int = 0, lang: st
     if re.match(r'https?://', spec):
         url, _, model = spec.partition('#')
         if not model:
-            import httpx
-            base = url.rstrip('/') + ('' if url.rstrip('/').endswith('/v1') else '/v1')
-            try: model = httpx.get(base + '/models', timeout=10).json()['data'][0]['id']
+            base = _v1(url)
+            try: model = Client(base, retries=0, timeout=10).call('/models')['data'][0]['id']
             except Exception as e: raise ValueError(f"{spec}: no '#model' given and {base}/models did not name one ({e})") from None
         return HttpGenerator(url, model, run_dir=run_dir, seed=seed, **kw)   # kw: tokenizer, concurrency, retries, ...
     from navab.models import resolve

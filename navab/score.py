@@ -5,12 +5,12 @@ killed run."""
 
 # %% ../nbs/04_score.ipynb #bd8dbcc6
 from __future__ import annotations
-import copy, hashlib, json, time, uuid, weakref
+import copy, weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 import polars as pl
-from .schema import atomic_write
+from .cache import KINDS, Cached, cache_key, read_cache
 
 # %% auto #0
 __all__ = ['ENGINE', 'PAD_SLACK', 'RESULTS', 'with_start', 'encode_requests', 'request_key', 'score_reference', 'token_logprobs',
@@ -40,11 +40,11 @@ def encode_requests(tok, contexts, continuations, start_id: int) -> list:
     return out
 
 # %% ../nbs/04_score.ipynb #17ce5d5a
-ENGINE = 'navab-score-2'  # bump when the scoring convention changes: every cached result is then recomputed
+ENGINE = KINDS['score'].version  # bump it (in the cache chapter) when the scoring convention changes: every cached result is then recomputed
 
 def request_key(info, context: str, continuation: str) -> str:
-    "The cache key of one request: sha256 of the engine version, model hash, dtype, start token, context and continuation."
-    return hashlib.sha256(json.dumps([ENGINE, info.hash, info.dtype, info.start_token, context, continuation]).encode()).hexdigest()
+    "The cache key of one request: `cache_key` of the engine version, model hash, dtype, start token, context and continuation."
+    return cache_key('score', info.hash, info.dtype, (info.start_token, context, continuation))
 
 # %% ../nbs/04_score.ipynb #1ae6d39d
 def _head(model, h):
@@ -331,32 +331,11 @@ def token_logprobs(model, seqs, batch_size: int = 8, padding: str = 'right') -> 
     return [out[i] for i in range(len(seqs))]
 
 # %% ../nbs/04_score.ipynb #1f24bd10
-RESULTS = {'key': pl.String, 'logprob': pl.Float64, 'n_tokens': pl.Int64, 'is_greedy': pl.Boolean,
-           'model_hash': pl.String, 'dtype': pl.String}
-
-def _parts(run_dir) -> list:
-    "The Parquet parts of a run folder, oldest name first."
-    return sorted(Path(run_dir).glob('part-*.parquet')) if run_dir and Path(run_dir).is_dir() else []
+RESULTS = KINDS['score'].columns
 
 def read_results(run_dir) -> pl.DataFrame:
     "All results stored in a run folder, one row per key."
-    frames = [pl.DataFrame(schema=RESULTS)]
-    for p in _parts(run_dir):
-        try: frames.append(pl.read_parquet(p).select(list(RESULTS)).cast(RESULTS))
-        except FileNotFoundError: pass   # merged into a new part by a run beside this one, meanwhile
-    return pl.concat(frames).unique('key', keep='first', maintain_order=True)
-
-def _write_part(run_dir, df: pl.DataFrame, name: str | None = None) -> Path:
-    "Store results as a new part of the run folder, atomically."
-    name = name or f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-    return atomic_write(Path(run_dir)/name, lambda t: df.write_parquet(t))
-
-def _compact(run_dir):
-    "Merge the run folder's parts into one, then delete exactly the parts merged."
-    ps = _parts(run_dir)
-    if len(ps) < 2: return
-    _write_part(run_dir, read_results(run_dir))
-    for p in ps: p.unlink(missing_ok=True)
+    return read_cache(run_dir, 'score')
 
 # %% ../nbs/04_score.ipynb #e73c00e4
 def score(requests: pl.DataFrame, model, tok, info, run_dir=None, batch_size: int = 8, padding: str = 'right',
@@ -366,25 +345,18 @@ def score(requests: pl.DataFrame, model, tok, info, run_dir=None, batch_size: in
     _check_requests(requests)
     ctx, cont = requests['context'].to_list(), requests['continuation'].to_list()
     keys = [request_key(info, c, x) for c, x in zip(ctx, cont)]
-    count = Counter(keys)
-    done = {r['key']: r for r in read_results(run_dir).iter_rows(named=True) if r['key'] in count} if run_dir else {}
-    first = {}
-    for i, key in enumerate(keys):
-        if key not in done: first.setdefault(key, i)
-    todo = list(first.values())
+    count, cache = Counter(keys), Cached(run_dir, 'score', keys)
+    todo = cache.missing()
     seqs, starts = map(list, zip(*encode_requests(tok, [ctx[i] for i in todo], [cont[i] for i in todo], info.start_token_id))) if todo else ([], [])
     limit = getattr(model.config.get_text_config(), 'max_position_embeddings', None)
     for i, x in zip(todo, seqs):
         if limit and len(x) - 1 > limit: raise ValueError(f"requests row {i}: {len(x)} tokens, more than {info.name}'s {limit} positions")
     gk = _group_keys(requests)
-    with tqdm(total=len(keys), initial=len(keys) - sum(count[k] for k in first), desc=f"score {info.name}",
+    with tqdm(total=len(keys), initial=len(keys) - sum(count[keys[i]] for i in todo), desc=f"score {info.name}",
               unit='req', disable=not progress) as bar:
         for idx, lp, n, gr in _score_tokens(model, seqs, starts, [gk[i] for i in todo], batch_size, padding):
-            new = pl.DataFrame({'key': [keys[todo[i]] for i in idx], 'logprob': lp, 'n_tokens': n, 'is_greedy': gr,
-                                'model_hash': info.hash, 'dtype': info.dtype}, schema=RESULTS)
-            if run_dir: _write_part(run_dir, new)
-            done.update((r['key'], r) for r in new.iter_rows(named=True))
+            cache.add(pl.DataFrame({'key': [keys[todo[i]] for i in idx], 'logprob': lp, 'n_tokens': n, 'is_greedy': gr,
+                                    'model_hash': info.hash, 'dtype': info.dtype}, schema=RESULTS))
             bar.update(sum(count[keys[todo[i]]] for i in idx))
-    if run_dir and todo: _compact(run_dir)
-    return _results(requests, [done[k]['logprob'] for k in keys], [done[k]['n_tokens'] for k in keys],
-                    [done[k]['is_greedy'] for k in keys])
+    cache.close()
+    return _results(requests, cache.get('logprob'), cache.get('n_tokens'), cache.get('is_greedy'))

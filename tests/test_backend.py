@@ -8,7 +8,8 @@ import httpx
 import polars as pl
 import pytest
 from navab.backend import get_backend, HFBackend, OpenAIBackend
-from navab.score import read_results, _parts
+from navab.score import read_results
+from navab.cache import cache_parts
 from navab.serve import make_app, Server
 
 NAVAB = str(Path(sys.executable).parent / 'navab')
@@ -63,7 +64,7 @@ def test_tiny_served_equals_in_process_and_resumes_after_kill(tiny_model, tmp_pa
         assert (b.kind, b.mode) == ('openai', 'tokens')
         def kill():                                                 # kill -9 as soon as the first results are stored
             for _ in range(2000):
-                if _parts(cache): os.kill(p.pid, signal.SIGKILL); return
+                if cache_parts(cache, 'score'): os.kill(p.pid, signal.SIGKILL); return
                 time.sleep(0.005)
         t = threading.Thread(target=kill); t.start()
         with pytest.raises(ConnectionError):
@@ -74,7 +75,7 @@ def test_tiny_served_equals_in_process_and_resumes_after_kill(tiny_model, tmp_pa
     with serve(str(tiny_model)) as (url2, _):                       # a new process, a new port: the cache key holds no URL
         got = get_backend(f"{url2}/v1#{tiny_model}", concurrency=2).score(req, run_dir=cache, batch_size=2, progress=False)
     _same(got, ref)
-    rows = pl.concat([pl.read_parquet(f) for f in _parts(cache)])
+    rows = pl.concat([pl.read_parquet(f) for f in cache_parts(cache, 'score')])
     assert len(rows) == rows['key'].n_unique() == len(req)          # one row per request: none twice, none missing
     kept = before.join(rows, on='key', suffix='_now')
     assert len(kept) == len(before) and (kept['logprob'] == kept['logprob_now']).all()   # stored rows were not recomputed

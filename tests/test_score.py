@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 import torch
 import navab.score as S
+import navab.cache as C
 from navab.models import load_model, make_tiny_model
 from navab.score import score, read_results, request_key
 from conftest import ROOT
@@ -145,14 +146,14 @@ def test_resume_after_an_interrupted_run(tiny, tiny_model, tmp_path, monkeypatch
     m, tok, info = tiny
     reqs = mixed_requests()
     whole = score(reqs, m, tok, info, batch_size=2, progress=False)
-    real_write, written = S._write_part, []
+    real_write, written = C.write_part, []
 
-    def dying_write(run_dir, df, name=None):
+    def dying_write(run_dir, kind, df, name=None):
         if len(written) == 3: raise Killed()
-        written.append(len(df)); return real_write(run_dir, df, name)
-    monkeypatch.setattr(S, '_write_part', dying_write)
+        written.append(len(df)); return real_write(run_dir, kind, df, name)
+    monkeypatch.setattr(C, 'write_part', dying_write)
     with pytest.raises(Killed): score(reqs, m, tok, info, run_dir=tmp_path, batch_size=2, progress=False)
-    monkeypatch.setattr(S, '_write_part', real_write)
+    monkeypatch.setattr(C, 'write_part', real_write)
     stored = read_results(tmp_path)
     n_unique = len(set(zip(reqs['context'], reqs['continuation'])))
     assert len(stored) == sum(written) and 0 < len(stored) < n_unique
@@ -165,7 +166,7 @@ def test_resume_after_an_interrupted_run(tiny, tiny_model, tmp_path, monkeypatch
     again = score(reqs, m, tok, info, run_dir=tmp_path, batch_size=2, progress=False)
     assert again.equals(whole)                                           # exactly the uninterrupted table
     assert len(computed) == n_unique - len(stored)                      # nothing stored was recomputed
-    assert len(read_results(tmp_path)) == n_unique and len(S._parts(tmp_path)) == 1
+    assert len(read_results(tmp_path)) == n_unique and len(C.cache_parts(tmp_path, 'score')) == 1
 
     computed.clear()
     assert score(reqs, m, tok, info, run_dir=tmp_path, progress=False).equals(whole) and computed == []
@@ -177,8 +178,8 @@ def test_stale_results_are_never_reused(tiny, tmp_path, monkeypatch):
     score(reqs, m, tok, info, run_dir=tmp_path, progress=False)
     # poison the store: a wrong value under every key of this model
     bad = read_results(tmp_path).with_columns(pl.lit(123.0).alias('logprob'))
-    for p in S._parts(tmp_path): p.unlink()
-    S._write_part(tmp_path, bad)
+    for p in C.cache_parts(tmp_path, 'score'): p.unlink()
+    C.write_part(tmp_path, 'score', bad)
     assert (score(reqs, m, tok, info, run_dir=tmp_path, progress=False)['logprob'] == 123.0).all()   # it is read back...
     other = dataclasses.replace(info, hash='0' * 64)                     # ...but not for other weights,
     assert (score(reqs, m, tok, other, run_dir=tmp_path, progress=False)['logprob'] != 123.0).all()
@@ -214,7 +215,7 @@ def test_resume_after_sigkill(tiny, tiny_model, tmp_path, monkeypatch):
     p = subprocess.Popen([sys.executable, '-c', textwrap.dedent(code)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         t0 = time.time()
-        while len(S._parts(run_dir)) < 3 and p.poll() is None and time.time() - t0 < 120: time.sleep(0.05)
+        while len(C.cache_parts(run_dir, 'score')) < 3 and p.poll() is None and time.time() - t0 < 120: time.sleep(0.05)
         assert p.poll() is None, f"the run ended before it could be killed: {p.stderr.read().decode()[-2000:]}"
         os.kill(p.pid, signal.SIGKILL)
     finally:

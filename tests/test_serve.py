@@ -3,7 +3,7 @@ import socket, subprocess, sys, time
 from pathlib import Path
 import httpx
 import pytest
-from navab.serve import generate_http
+from navab.backend import generate_http
 from navab.generate import generate
 
 NAVAB = str(Path(sys.executable).parent / 'navab')
