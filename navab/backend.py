@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib, json, random, re, time
 from pathlib import Path
 import polars as pl
-from .models import load_model, resolve, start_token, convert_embedded, ModelInfo, SENTENCES
+from .models import load_model, resolve, start_token, convert_embedded, ModelInfo, SENTENCES, RunConfig
 from .cache import Cached, cache_key
 from .score import score, encode_requests, request_key, RESULTS, _check_requests, _results, _move_space
 from .generate import generate, _cut
@@ -38,7 +38,7 @@ class Backend:
 class HFBackend(Backend):
     "A model loaded in this process: `score` is `navab.score.score`, `generate` is `navab.generate.generate`."
     kind = 'hf'
-    def __init__(self, model, dtype: str = 'float32', device: str = 'cpu', trust_remote_code: bool = False, loaded: tuple | None = None):
+    def __init__(self, model, dtype: str = 'auto', device: str = 'auto', trust_remote_code: bool = False, loaded: tuple | None = None):
         self.model, self.tok, self.info = loaded or load_model(str(model), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         self.name, self.dtype, self.device = str(model) if loaded is None else self.info.name, dtype, device
 
@@ -313,13 +313,15 @@ def is_remote(model) -> bool:
     "Whether a model name names a server (`http(s)://...`)."
     return isinstance(model, str) and bool(re.match(r'https?://', model))
 
-def get_backend(model, dtype: str = 'float32', device: str = 'cpu', tokenizer: str | None = None, concurrency: int = 8,
-                trust_remote_code: bool = False, **kw) -> Backend:
-    "The backend for a model name: `http(s)://host:port/v1#served-name[@revision]` -> openai, anything else -> hf (`tokenizer` and `concurrency` are for servers)."
+def get_backend(model, config=None, **kw) -> Backend:
+    "The backend for a model under one run configuration: `http(s)://host:port/v1#served-name[@revision]` -> openai, anything else -> hf in this process."
     if isinstance(model, Backend): return model
     if isinstance(model, tuple): return HFBackend(None, loaded=model)
-    if is_remote(model): return OpenAIBackend(model, tokenizer=tokenizer, concurrency=concurrency, **kw)
-    return HFBackend(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    cfg = RunConfig.of(config, **{k: kw.pop(k) for k in list(kw) if k in RunConfig.__dataclass_fields__})   # device, dtype, tokenizer, concurrency, ...
+    if is_remote(model): return OpenAIBackend(model, tokenizer=cfg.tokenizer, concurrency=cfg.concurrency, **kw)   # kw: retries, timeout, api_key, ...
+    if kw: raise TypeError(f"get_backend: {', '.join(kw)} apply to server models only, not {model!r}")
+    cfg = cfg.resolved()
+    return HFBackend(model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
 
 def remote_stamp(spec: str, timeout: float = 10) -> str:
     "A server model's identity for the grid: its spec and the revision the server reports now (the spec alone when it reports none or is down)."

@@ -71,10 +71,9 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     if limit: samples = samples.head(limit)
     if not len(samples): raise ValueError("no samples to evaluate")
-    kw = dict(dtype=cfg.dtype, device=cfg.device, tokenizer=cfg.tokenizer, concurrency=cfg.concurrency)
-    B = get_backend(model, **kw)              # hf in process, or openai over HTTP: the same calls
+    B = get_backend(model, cfg)              # hf in process, or openai over HTTP: the same calls, one configuration
     needs_judge = any(s.judge for s in T_.steps)
-    J = get_backend(judge, **kw) if needs_judge and judge and judge != model else B
+    J = get_backend(judge, cfg) if needs_judge and judge and judge != model else B
     run = Run(templates or load_templates(), cfg.seed, opts, B.tok, J.tok)
     req = run_steps(T_, samples, B, run, out, J, cfg.batch_size, progress, cache)
     sc = T_.decide(samples, run).with_columns(pl.lit(B.name).alias('model'), pl.lit(T_.name).alias('method'))

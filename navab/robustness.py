@@ -153,7 +153,9 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
     if not len(samples): raise ValueError("no samples to re-score")
     if samples['id'].n_unique() != len(samples): raise ValueError("samples: field 'id': duplicate sample ids (check the input with navab data check)")
     T = templates or load_templates()
-    B = get_backend(str(model) if isinstance(model, Path) else model, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency)
+    from navab.models import RunConfig
+    cfg = RunConfig.of(dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency, batch_size=batch_size, seed=seed).resolved()
+    B = get_backend(str(model) if isinstance(model, Path) else model, cfg)
     tok, info = B.tok, B.info
     rows, dec, costs = [], {}, {}
     meta = samples.select(pl.col('id').alias('sample_id'), 'nation', 'source_type')
@@ -191,7 +193,7 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
                 lowest=min(acc, key=acc.get), highest=max(acc, key=acc.get), single_run=first['name'], single_run_ci_width=ci_w,
                 spread_over_ci_width=spread / ci_w if ci_w else None, format_test=format_test(D, n_permutations, seed),
                 cache=dict(folder=str(cache), new_requests=costs, n_requests=int(ran['n_requests'].sum()), n_computed=sum(costs.values())),
-                navab_version=__version__, wall_s=round(time.time() - t0, 2))
+                config=cfg.as_dict(), navab_version=__version__, wall_s=round(time.time() - t0, 2))
     atomic_write(out/'variations.parquet', lambda t: vt.write_parquet(t))
     atomic_write(out/'flips.parquet', lambda t: ft.write_parquet(t))
     atomic_write(out/'summary.json', lambda t: t.write_text(json.dumps(summ, indent=1, ensure_ascii=False, default=str), encoding='utf-8'))

@@ -114,7 +114,7 @@ def test_index_shows_the_time_of_each_phase(tmp_path):
 
 def test_demo_phases_of_a_grid(grid):
     "navab demo's phase table: each run's evaluations (with their methods) and each report, from the grid's records."
-    from navab.cli import _grid_phases
+    from navab.demo import _grid_phases
     recs = json.loads((grid['out']/'grid.json').read_text())['records']
     rows = {n: (s, x) for n, s, x in _grid_phases(grid['out'], recs)}
     s, x = rows['evaluate tiny-pub x CN']
