@@ -67,7 +67,7 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
 
 def _grid_phases(out: Path, records: list, since: float = 0) -> list:
     "The grid's phases: each run's evaluations and each report, with the time each took; one done before `since` (cached) counts 0, its time when it ran in the note."
-    from .grid import run_dir
+    from navab.runs import run_dir
     rows = []
     for r in records:
         if r['kind'] == 'run':

@@ -68,6 +68,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     nations = [S.nation(n).code for n in nations]
     found, notes, jobs = find_samples(nations, samples, S), [], []
     methods = list(tasks or methods)                                               # `tasks`: the newer name of `methods`
+    options = {**({'order': S.grid['order']} if S.grid.get('order') else {}), **(options or {})}   # the settings' defaults, as navab grid's
     aligns, methods = 'align' in methods, [m for m in methods if m != 'align']      # align: its own jobs and report (align_job)
     from navab.tasks import get_task
     for m in methods:
@@ -116,7 +117,7 @@ def cmd_grid(a) -> int:
                    robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, executor=a.executor, address=a.address,
                    gpus_per_run=a.gpus_per_run, retries=a.retries, device=a.device, dtype=a.dtype,
                    backend=dict(tokenizer=a.tokenizer, concurrency=a.concurrency),
-                   align_options=dict(steps=a.align_steps) if a.align_steps else None, options=dict(order=a.order or S.grid['order']),
+                   align_options=dict(steps=a.align_steps) if a.align_steps else None, options=dict(order=a.order) if a.order else None,
                    limits=_pairs(a.limit_of, int, '--limit-of'), data=_pairs(a.data, str, '--data'))
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
