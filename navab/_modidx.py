@@ -458,6 +458,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'navab.settings.Settings': ('settings.html#settings', 'navab/settings.py'),
                                 'navab.settings.Settings.langs': ('settings.html#settings.langs', 'navab/settings.py'),
                                 'navab.settings.Settings.nation': ('settings.html#settings.nation', 'navab/settings.py'),
+                                'navab.settings.Settings.nation_of': ('settings.html#settings.nation_of', 'navab/settings.py'),
+                                'navab.settings._key': ('settings.html#_key', 'navab/settings.py'),
                                 'navab.settings._split': ('settings.html#_split', 'navab/settings.py'),
                                 'navab.settings.cache_dir': ('settings.html#cache_dir', 'navab/settings.py'),
                                 'navab.settings.find_settings': ('settings.html#find_settings', 'navab/settings.py'),

@@ -30,13 +30,18 @@ def find_settings(path: str | Path | None = None) -> Path:
 # %% ../nbs/00_settings.ipynb #79c446e9
 @dataclass(frozen=True)
 class Nation:
-    "One nation of the study: its code, name, language and the GlobalOpinionQA countries that stand for it."
+    "One nation of the study: its code, name, language, and the country names that stand for it in benchmarks (GlobalOpinionQA's own list apart)."
     code: str
     name: str
     lang: str
     opinion_countries: tuple = ()
+    countries: tuple = ()
 
 # %% ../nbs/00_settings.ipynb #e9829f96
+def _key(name) -> str:
+    "A country name as benchmarks are matched: lower case, `_` and `-` as spaces, spaces collapsed."
+    return ' '.join(str(name or '').lower().replace('_', ' ').replace('-', ' ').split())
+
 @dataclass
 class Settings:
     "A study's settings, as read from `settings.ini`."
@@ -55,6 +60,11 @@ class Settings:
         if c not in self.nations:
             raise ValueError(f"unknown nation code {code!r}: known codes are {', '.join(self.nations)} (from {self.path})")
         return self.nations[c]
+
+    def nation_of(self, country) -> str | None:
+        "The code of the nation a benchmark's country name stands for (its code, name, `countries` or `opinion_countries`; case, `_` and `-` ignored), else None."
+        k = _key(country)
+        return next((c for c, n in self.nations.items() if k in {_key(x) for x in (c, n.name, *n.countries, *n.opinion_countries)}), None) if k else None
 
     @property
     def langs(self) -> dict:
@@ -81,7 +91,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         if sec not in cp: raise ValueError(f"{p}: nation {c} is listed in [study] nations but has no [{sec}] section")
         s = cp[sec]
         if 'lang' not in s: raise ValueError(f"{p}: [{sec}] has no 'lang'")
-        nations[c] = Nation(c, s.get('name', c), s['lang'].strip(), tuple(_split(s.get('opinion_countries', ''))))
+        nations[c] = Nation(c, s.get('name', c), s['lang'].strip(), tuple(_split(s.get('opinion_countries', ''))),
+                            tuple(_split(s.get('countries', ''))))
     g = cp['grid'] if 'grid' in cp else {}
     grid = dict(models=_split(g.get('models', st.get('models', ''))), nations=[x.upper() for x in _split(g.get('nations', ','.join(codes)))],
                 methods=_split(g.get('tasks', g.get('methods', 'mc'))), samples=g.get('samples', ''), workers=int(g.get('workers', 1)),
