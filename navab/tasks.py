@@ -16,11 +16,11 @@ from .settings import load_settings
 from .stats import accuracy_table, bootstrap_ci, agreement, similarity
 
 # %% auto #0
-__all__ = ['ORDERS', 'LABEL_STYLES', 'PERSONA', 'NATION_NAMES', 'SCORINGS', 'NORMS', 'ONE_LETTER', 'PREF_LABELS', 'TASKS', 'MC',
-           'AJ', 'PREF', 'OPINIONS', 'load_templates', 's_first', 'persona', 'mc_prompts', 'mc_requests', 'decide',
-           'decide_both', 'letter_share', 'aj_answer_prompts', 'pref_texts', 'pref_prompts', 'pref_requests',
-           'opinion_prompts', 'opinion_scores', 'Step', 'Run', 'Task', 'register_task', 'get_task', 'task_names',
-           'accuracy_summary', 'position_summary', 'list_tasks', 'cmd_tasks', 'add_cli']
+__all__ = ['ORDERS', 'LABEL_STYLES', 'PERSONA', 'NATION_NAMES', 'SCORINGS', 'NORMS', 'ONE_LETTER', 'PREF_LABELS', 'TASKS',
+           'BUILTIN', 'MC', 'AJ', 'PREF', 'OPINIONS', 'load_templates', 's_first', 'persona', 'mc_prompts',
+           'mc_requests', 'decide', 'decide_both', 'letter_share', 'aj_answer_prompts', 'pref_texts', 'pref_prompts',
+           'pref_requests', 'opinion_prompts', 'opinion_scores', 'Step', 'Run', 'Task', 'register_task', 'get_task',
+           'task_names', 'accuracy_summary', 'position_summary', 'list_tasks', 'cmd_tasks', 'add_cli']
 
 # %% ../nbs/05a_tasks.ipynb #b83cb8d3
 def load_templates(settings=None) -> dict:
@@ -292,9 +292,11 @@ def register_task(task: Task, replace: bool = False) -> Task:
     TASKS[task.name] = task
     return task
 
+BUILTIN = ['navab.culturalbench', 'navab.normad']   # the neighbour benchmarks' chapters, which come after this one
+
 def _plugins():
-    "Import the modules that define tasks outside navab: NAVAB_TASKS, then the `navab.tasks` entry points (once per value)."
-    mods = [m.strip() for m in os.environ.get('NAVAB_TASKS', '').split(',') if m.strip()]
+    "Import the modules that define tasks: navab's own later chapters, NAVAB_TASKS, then the `navab.tasks` entry points (once per value)."
+    mods = BUILTIN + [m.strip() for m in os.environ.get('NAVAB_TASKS', '').split(',') if m.strip()]
     if _LOADED and _LOADED[-1] == mods: return
     _LOADED.append(mods)
     for m in mods:
@@ -460,7 +462,9 @@ def list_tasks() -> pl.DataFrame:
 
 def cmd_tasks(a) -> int:
     "navab tasks: list the registered tasks."
-    for r in list_tasks().iter_rows(named=True): print(f"{r['name']:<12} {r['metric']:<11} {r['requests']:<16} {r['asks']}")
+    t = list_tasks()
+    w = max(12, *t['name'].str.len_chars()) + 1
+    for r in t.iter_rows(named=True): print(f"{r['name']:<{w}} {r['metric']:<11} {r['requests']:<16} {r['asks']}")
     return 0
 
 def add_cli(sub):
