@@ -261,6 +261,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'navab.grid.add_cli': ('grid.html#add_cli', 'navab/grid.py'),
                             'navab.grid.cmd_grid': ('grid.html#cmd_grid', 'navab/grid.py'),
                             'navab.grid.cmd_plan': ('grid.html#cmd_plan', 'navab/grid.py'),
+                            'navab.grid.option_value': ('grid.html#option_value', 'navab/grid.py'),
                             'navab.grid.plan': ('grid.html#plan', 'navab/grid.py'),
                             'navab.grid.public_file': ('grid.html#public_file', 'navab/grid.py'),
                             'navab.grid.run_grid': ('grid.html#run_grid', 'navab/grid.py')},

@@ -55,10 +55,11 @@ def cmd_evaluate(a) -> int:
     "navab evaluate: score one model on a task's samples (or items), write requests, scores, summary; exit 1 if rows were quarantined."
     from navab.evaluate import evaluate
     from navab.tasks import get_task
+    from navab.grid import _pairs, option_value
     t = get_task(a.task)
     c = t.load(a.samples, a.nation) if t.load else read_samples(a.samples, a.nation)
     show_check(c, a.out)
-    s = evaluate(c.valid, a.model, a.out, task=t, scoring=a.scoring, norm=a.norm, order=a.order, chat=a.chat or None, max_new_tokens=a.max_new_tokens,
+    s = evaluate(c.valid, a.model, a.out, task=t, options=_pairs(a.option, option_value, '--option'), scoring=a.scoring, norm=a.norm, order=a.order, chat=a.chat or None, max_new_tokens=a.max_new_tokens,
                  batch_size=a.batch_size, limit=a.limit, seed=a.seed, judge=a.judge, dtype=a.dtype, device=a.device, tokenizer=a.tokenizer, concurrency=a.concurrency)
     extra = (f" (position-debiased; S as A {s['accuracy_by_order']['S as A']['estimate']:.3f}, S as B {s['accuracy_by_order']['S as B']['estimate']:.3f}, "
              f"consistency {s['position_consistency']['estimate']:.3f})" if s.get('accuracy_debiased') else '')
@@ -132,7 +133,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     e.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
     e.add_argument('--task', '--method', dest='task', default='mc', help='the task (navab tasks lists them; --method is its old name): mc, aj, pref, opinions, ...')
-    e.add_argument('--order', choices=['seeded', 's_first', 'rs_first', 'both'], help="MC's option order (default seeded); both: S as A and as B, position-debiased")
+    e.add_argument('--order', help="option order of the task: MC's seeded (default), s_first, rs_first or both (S as A and as B, position-debiased); "
+                   "culturalbench's rotate (default, = both), given or seeded")
+    e.add_argument('--option', action='append', default=[], metavar='KEY=VALUE', help="a task option, e.g. levels=country,rot (normad); repeatable")
     e.add_argument('--nation', help='nation code (CN, US, UK, FR, DE) for files that carry none')
     e.add_argument('--scoring', choices=['answer', 'navab'], help="answer: log-prob of the answer label; navab: the original whole-prompt perplexity")
     e.add_argument('--norm', choices=['none', 'token', 'char', 'byte'], help='default none')

@@ -243,14 +243,14 @@ def cbh_requests(items: pl.DataFrame, template: str = CBH_PROMPT) -> tuple:
     return P, R
 
 def cbh_decide(scored: pl.DataFrame, prompts: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
-    "Per question: each row's judgment (True when its log-prob beats False's) as `pred` (e.g. 'TFFF'), the rows right, and all of them right."
+    "Per question: each row's judgment (True when its log-prob beats False's) as `pred` (e.g. 'TFFF'), the rows right, all of them right, and the smallest margin toward the truth."
     w = scored.with_columns(pl.col('order').str.slice(1).cast(pl.Int64).alias('row')).pivot(on='option', index=['sample_id', 'row'], values='logprob', aggregate_function='first')
     r = prompts.join(w, on=['sample_id', 'row'], how='left', maintain_order='left').with_columns(
         (pl.col('True') > pl.col('False')).alias('says'), (pl.col('True') - pl.col('False')).alias('margin'))
     q = r.group_by('sample_id', maintain_order=True).agg(
         pl.when(pl.col('says')).then(pl.lit('T')).when(~pl.col('says')).then(pl.lit('F')).otherwise(pl.lit('?')).str.join('').alias('pred'),
         (pl.col('says') == pl.col('truth')).sum().cast(pl.Int64).alias('rows_correct'), pl.len().cast(pl.Int64).alias('n_rows'),
-        pl.col('says').sum().cast(pl.Int64).alias('n_true'), pl.col('margin'))
+        pl.col('says').sum().cast(pl.Int64).alias('n_true'), pl.when(pl.col('truth')).then(pl.col('margin')).otherwise(-pl.col('margin')).min().alias('margin'))
     return items.select(pl.col('id').alias('sample_id'), 'nation', 'country', pl.col('truth').alias('gold')).join(q, on='sample_id', how='left', maintain_order='left').with_columns(
         (pl.col('pred') == pl.col('gold')).alias('correct'), pl.lit(None, pl.String).alias('source_type'), pl.lit(None, pl.String).alias('topic'))
 

@@ -68,6 +68,7 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
     cfg = RunConfig.of(config, batch_size=batch_size, seed=seed, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency).resolved()
     given = dict(scoring=scoring, norm=norm, order=order, chat=chat, max_new_tokens=max_new_tokens)
     opts = T_.check({**{k: v for k, v in given.items() if k in T_.options}, **(options or {})})
+    params = {**dict(scoring='answer', norm='none'), **(T_.params(opts) if T_.params else {})}   # a bad option value fails here, before a model loads
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     if limit: samples = samples.head(limit)
     if not len(samples): raise ValueError("no samples to evaluate")
@@ -86,7 +87,7 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
     atomic_write(out/'requests.parquet', lambda t: req.select(cols).write_parquet(t))
     atomic_write(out/'scores.parquet', lambda t: sc.write_parquet(t))
     summ = dict(summ, model=B.name, model_hash=B.info.hash, backend=B.kind, dtype=B.info.dtype, device=B.info.device, method=T_.name,
-                **{**dict(scoring='answer', norm='none'), **(T_.params(opts) if T_.params else {})}, chat=bool(opts.get('chat', False)), seed=cfg.seed,
+                **params, chat=bool(opts.get('chat', False)), seed=cfg.seed,
                 task=T_.info(), options=opts, config=cfg.as_dict(), navab_version=__version__, n_requests=len(req), wall_s=round(time.time() - t0, 2))
     _write_json(out/'summary.json', summ)
     return summ

@@ -19,7 +19,7 @@ from .analysis import public_path
 
 
 # %% auto #0
-__all__ = ['plan', 'cmd_plan', 'public_file', 'run_grid', 'cmd_grid', 'add_cli']
+__all__ = ['plan', 'cmd_plan', 'public_file', 'run_grid', 'option_value', 'cmd_grid', 'add_cli']
 
 # %% ../nbs/10f_grid.ipynb #2ead80fe
 def plan(settings=None, models=None, nations=None, methods=None) -> list:
@@ -73,18 +73,23 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     from navab.tasks import get_task
     for m in methods:
         if m not in GRID_EXTRAS: get_task(m)                                           # an unknown task: one clear line before anything runs
+    own = [m for m in methods if m not in GRID_EXTRAS and get_task(m).data != 'samples']   # tasks with their own items (GlobalOpinionQA, the neighbours)
     for n in nations:
-        if not found[n]: notes.append(f"{n}: no samples found (give --samples {n}=PATH, or run navab extract): left out"); continue
-        p, k, bad = nation_samples(found[n], n, out, S)
-        notes.append(f"{n}: {k} samples from {', '.join(public_file(f, out) for f in found[n])}" + (f" ({bad} rows quarantined)" if bad else ''))
-        if not k: continue
-        jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p), methods=list(methods), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
+        p, k = None, 0
+        if found[n]:
+            p, k, bad = nation_samples(found[n], n, out, S)
+            notes.append(f"{n}: {k} samples from {', '.join(public_file(f, out) for f in found[n])}" + (f" ({bad} rows quarantined)" if bad else ''))
+        elif len(own) < len(methods): notes.append(f"{n}: no samples found (give --samples {n}=PATH, or run navab extract): "
+                                                   + (f"only {', '.join(own)} run" if own else 'left out'))
+        ms = methods if k else own
+        if not ms: continue
+        jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p) if k else None, methods=list(ms), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
                       opinions_limit=opinions_limit, max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
                       no_input=no_input, timeout=timeout, device=device, dtype=dtype, backend=backend or {}, options=options or {},
                       limits=limits or {}, data={k: str(v) for k, v in (data or {}).items()}) for m in models]
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
     if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")
-    ajobs = [dict(j, align_options=align_options, template=str(reports/'align.ipynb')) for j in jobs] if aligns else []
+    ajobs = [dict(j, align_options=align_options, template=str(reports/'align.ipynb')) for j in jobs if j['samples']] if aligns else []
     bar = tqdm(total=len(jobs) + len(ajobs) + 1, desc='grid', disable=not progress)
     study = dict(out=str(out), template=str(reports/'study.ipynb'), seed=seed, settings=str(S.path), no_input=no_input, timeout=timeout)
     if executor == 'ray': recs, study = _ray_grid(jobs, study, address, gpus_per_run, retries, workers, bar, ajobs)
@@ -95,6 +100,11 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     return write_index(out, recs, notes, f"navab study: {S.name}")
 
 # %% ../nbs/10f_grid.ipynb #a43c5ad9
+def option_value(v: str):
+    "A task option given as text: a JSON number, boolean or list when it reads as one, else the text."
+    try: return json.loads(v)
+    except ValueError: return v
+
 def _pairs(items, cast, flag: str) -> dict:
     "`KEY=VALUE` options as a dict, values cast; a clear error naming the flag."
     out = {}
@@ -102,7 +112,7 @@ def _pairs(items, cast, flag: str) -> dict:
         k, sep, v = x.partition('=')
         if not sep or not k.strip(): raise ValueError(f"{flag} {x!r}: expected NAME=VALUE")
         try: out[k.strip()] = cast(v.strip())
-        except ValueError: raise ValueError(f"{flag} {x!r}: {v!r} is not a {cast.__name__}") from None
+        except ValueError: raise ValueError(f"{flag} {x!r}: {v!r} is not a {getattr(cast, '__name__', 'value')}") from None
     return out
 
 def cmd_grid(a) -> int:
@@ -117,7 +127,7 @@ def cmd_grid(a) -> int:
                    robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, executor=a.executor, address=a.address,
                    gpus_per_run=a.gpus_per_run, retries=a.retries, device=a.device, dtype=a.dtype,
                    backend=dict(tokenizer=a.tokenizer, concurrency=a.concurrency),
-                   align_options=dict(steps=a.align_steps) if a.align_steps else None, options=dict(order=a.order) if a.order else None,
+                   align_options=dict(steps=a.align_steps) if a.align_steps else None, options={**({'order': a.order} if a.order else {}), **_pairs(a.option, option_value, '--option')} or None,
                    limits=_pairs(a.limit_of, int, '--limit-of'), data=_pairs(a.data, str, '--data'))
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
     for r in recs:
@@ -138,8 +148,10 @@ def add_cli(sub):
                    '(JadenGGGeee/NaVAB[:CONFIG[/SPLIT]]: every nation it holds, unless --nations says otherwise)')
     p.add_argument('--tasks', '--methods', dest='methods', help='comma-separated tasks (navab tasks lists them: mc, aj, pref, opinions, ...) and the grid steps '
                    'robustness and align (default: settings [grid] tasks)')
-    p.add_argument('--order', choices=('seeded', 's_first', 'rs_first', 'both'), help="MC's option order; both: every sample with S as A and as B, "
-                   "position-debiased (default: settings [grid] order)")
+    p.add_argument('--order', help="option order of the tasks that take one (default: settings [grid] order): MC's seeded, s_first, rs_first or both "
+                   "(S as A and as B, position-debiased); culturalbench's rotate (= both), given or seeded")
+    p.add_argument('--option', action='append', default=[], metavar='KEY=VALUE', help="a task option for every task that takes it, e.g. levels=country (normad), "
+                   "max_new_tokens=24 (repeatable; navab tasks lists the tasks)")
     p.add_argument('--limit-of', action='append', default=[], metavar='TASK=N', help='at most N samples (items) for one task, e.g. aj=20 (repeatable)')
     p.add_argument('--data', action='append', default=[], metavar='NAME=PATH', help="a task's own input by its data name (opinions=FILE is --opinions; repeatable)")
     p.add_argument('--align-steps', type=int, help='DPO steps of each align run (default navab.jobs.ALIGN_DEFAULTS)')

@@ -66,8 +66,8 @@ def _report_job(job: dict, dirs: dict) -> dict:
     out, model, nation = Path(job['out']), job['model'], job['nation']
     name, base = _pair(job)
     rel = {m: os.path.relpath(d, out) for m, d in dirs.items()}
-    params = dict(model=label(model), nation=nation, samples=os.path.relpath(job['samples'], out), runs=rel, seed=job.get('seed', 0))
-    inputs = [job['samples']] + [Path(d)/f for d in dirs.values() for f in ('scores.parquet', 'summary.json', 'robustness/summary.json',
+    params = dict(model=label(model), nation=nation, samples=os.path.relpath(job['samples'], out) if job.get('samples') else '', runs=rel, seed=job.get('seed', 0))
+    inputs = [job['samples']] * bool(job.get('samples')) + [Path(d)/f for d in dirs.values() for f in ('scores.parquet', 'summary.json', 'robustness/summary.json',
                                                                             'robustness/variations.parquet', 'robustness/flips.parquet')]
     try: rec = _report(out, name, job['template'], params, inputs, base, job.get('no_input', True), job.get('timeout', 900), f"navab: {label(model)} x {nation}")
     except Exception as e: rec = _failed(out, name, base, f"{type(e).__name__}: {e}"[:300])

@@ -71,8 +71,10 @@ def _same(p: Path, df: pl.DataFrame) -> bool:
 
 # %% ../nbs/10c_runs.ipynb #a2f620bf
 def file_hash(p: str | Path) -> str:
-    "SHA-256 of a file's bytes ('' when it does not exist)."
+    "SHA-256 of a file's bytes; of a folder, of its files' names and hashes; '' when it does not exist."
     p = Path(p)
+    if p.is_dir():
+        return hashlib.sha256(''.join(f"{f.relative_to(p)}:{file_hash(f)}\n" for f in sorted(p.rglob('*')) if f.is_file()).encode()).hexdigest()
     if not p.is_file(): return ''
     d = hashlib.sha256()
     with open(p, 'rb') as f:
@@ -139,10 +141,15 @@ def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: in
         if not src: continue
         opts = {k: v for k, v in given.items() if k in t.options}
         d = run_dir(out, model, nation, m)
-        key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, options=opts, dtype=dtype), [src])
+        key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, options=opts, dtype=dtype,
+                           **({} if Path(str(src)).exists() else {'data': str(src)})), [src])   # a hub name is its own identity
         if not ((d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file() and (d/'scores.parquet').is_file()):
-            items = pl.read_parquet(src) if t.data == 'samples' else t.load(src, nation).valid
-            if not len(items): raise ValueError(f"{src}: no {t.data} for {nation}")
+            if t.data == 'samples': items = pl.read_parquet(src)
+            else:
+                c = t.load(src, nation)
+                if not c.n_in: continue        # the benchmark has no item of this nation (BLEnD has no France): no run, no error
+                items = c.valid
+            if not len(items): raise ValueError(f"{src}: no valid {t.data} for {nation}")
             evaluate(items, model, d, task=t, limit=lim, seed=seed, options=opts, batch_size=batch_size, progress=False, device=device, dtype=dtype,
                      cache=model_cache(out, model), **backend)
             atomic_write(d/'.grid-key', lambda t: t.write_text(key))
