@@ -167,7 +167,7 @@ def _blend_file(f: Path, code: str, S, country: str) -> Checked:
     pr, qs = _beside(f, 'prompts', country), _beside(f, 'questions', country)
     return blend_items(_blend_json(f), country, code, str(f), S, read_topics(qs) if qs else {}, {l: read_inst4(pr, l) for l in langs} if pr else {})
 
-# %% ../nbs/05d_blend.ipynb #246b249f
+# %% ../nbs/05d_blend.ipynb #2bdee95f
 def _hub_rows(name: str, config: str, split: str) -> list:
     "The rows of one config and split of a hub dataset: `datasets.load_dataset(name, config, split=split)`."
     import datasets
@@ -188,10 +188,11 @@ def _read_hub(spec: str, code: str | None, S) -> Checked:
             country = (r.get('country') if isinstance(r, dict) else None) or BLEND_SPLITS.get(sp)
             if not country: raise ValueError(f"{name}:{sp}: row {i}: no country (no `country` field, and {sp!r} is not a BLEnD country code: {', '.join(BLEND_SPLITS)})")
             c = S.nation_of(country)
-            if c and (code is None or c == code): groups.setdefault((country, c), []).append((i, r.get('ID') or r.get('id'), r))
+            qid = (r.get('ID') or r.get('id')) if isinstance(r, dict) else None
+            if c and (code is None or c == code): groups.setdefault((country, c), []).append((i, qid, r))
         if not groups: continue
         topics = {}
-        if any(not (r.get('topic') or r.get('Topic')) for g in groups.values() for _, _, r in g):
+        if any(not isinstance(r, dict) or not (r.get('topic') or r.get('Topic')) for g in groups.values() for _, _, r in g):
             try: topics = {r['ID']: r.get('Topic') for r in _hub_rows(name, BLEND_QUESTIONS, sp) if r.get('ID')}
             except FileNotFoundError as e: warnings.warn(f"{e}: the items of {name}:{sp} have no topic")
         checks += [blend_items(g, country, c, f"{name}:{sp}", S, topics) for (country, c), g in groups.items()]
