@@ -292,7 +292,7 @@ def register_task(task: Task, replace: bool = False) -> Task:
     TASKS[task.name] = task
     return task
 
-BUILTIN = ['navab.culturalbench', 'navab.normad']   # the neighbour benchmarks' chapters, which come after this one
+BUILTIN = ['navab.culturalbench', 'navab.normad', 'navab.blend']   # the neighbour benchmarks' chapters, which come after this one
 
 def _plugins():
     "Import the modules that define tasks: navab's own later chapters, NAVAB_TASKS, then the `navab.tasks` entry points (once per value)."
