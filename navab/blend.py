@@ -322,5 +322,5 @@ def blend_summary(sc: pl.DataFrame, run: Run) -> dict:
 # %% ../nbs/05d_blend.ipynb #c3130a5c
 BLEND = register_task(Task(
     'blend', "BLEnD: a short answer to an everyday-culture question, in the nation's language and English, soft-matched against local annotators' answers",
-    [Step('answers', 'generate', blend_prompts)], blend_decide, blend_summary, options=dict(max_new_tokens=24, chat=False), load=read_blend, data='blend',
+    [Step('answers', 'generate', blend_prompts)], blend_decide, blend_summary, options=dict(max_new_tokens=24, chat='auto'), load=read_blend, data='blend',
     params=lambda o: dict(scoring='generate', norm='none')), replace=True)

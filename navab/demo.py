@@ -15,7 +15,7 @@ from .jobs import align_job
 from .grid import run_grid
 
 # %% auto #0
-__all__ = ['demo', 'cmd_demo', 'add_cli']
+__all__ = ['NEIGHBOURS', 'demo', 'cmd_demo', 'add_cli']
 
 # %% ../nbs/10g_demo.ipynb #95031fcf
 def _funnel(counts: dict) -> str:
@@ -25,9 +25,12 @@ def _funnel(counts: dict) -> str:
     q = sum(c.get('quarantined', 0) for c in counts.values() if isinstance(c, dict))
     return ' -> '.join(steps) + f" ({q} quarantined)"
 
+NEIGHBOURS = {'culturalbench': 'culturalbench/CulturalBench-Easy.csv', 'blend': 'blend'}   # task -> its data in ../shared/data
+
 def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
          aj_limit: int | None = 16, generator: str | None = None, articles: int | None = None, progress: bool = True,
-         opinions_limit: int | None = 40, device: str = 'auto', dtype: str = 'auto', align_steps: int | None = 8, phases: list | None = None) -> Path:
+         opinions_limit: int | None = 40, device: str = 'auto', dtype: str = 'auto', align_steps: int | None = 8, phases: list | None = None,
+         neighbours_limit: int | None = 10) -> Path:
     "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html. `phases` gets (name, seconds, note) per phase, after any it holds (make's)."
     from tqdm.auto import tqdm
     from .extract import extract
@@ -51,10 +54,15 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
     else: notes.append(f"the shared data's navab-hk/ was not found: China is evaluated on the demo corpus's samples alone")
     goqa = shared/'global-opinions'/'eval.json'
     methods = list(S.grid['methods']) + (['opinions'] if goqa.is_file() and 'opinions' not in S.grid['methods'] else [])
+    near = {t: p for t, p in NEIGHBOURS.items() if (shared/p).exists()}       # the neighbour benchmarks the shared data holds
+    methods += [t for t in near if t not in methods]
+    if near: notes.append(f"neighbour benchmarks from the shared data: {', '.join(f'{t} ({p})' for t, p in near.items())}"
+                          + (f", the first {neighbours_limit} items per nation (BLEnD's China items alternate Chinese and English)" if neighbours_limit else ''))
     t1 = time.time()
     run_grid(S.grid['models'], S.grid['nations'], samples, methods, out, workers or S.grid['workers'], limit, S.seed, progress,
              aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit, device=device, dtype=dtype,
-             options=dict(order=S.grid['order']))
+             options=dict(order=S.grid['order']), data={t: shared/p for t, p in near.items()},
+             limits={t: neighbours_limit for t in near} if neighbours_limit else None)
     g = json.loads((out/'grid.json').read_text(encoding='utf-8'))
     notes += g['notes'] + [f"extraction {t1 - t0:.0f} s, grid {time.time() - t1:.0f} s (navab {__version__}, seed {S.seed})"]
     ph += _grid_phases(out, g['records'], t1) + [('grid in all', time.time() - t1, 'evaluations, reports and the study')]
@@ -97,7 +105,7 @@ def cmd_demo(a) -> int:
     "navab demo: run the demo and say where the page is (its last line)."
     ph = [(n.strip(), float(s), 'measured by make') for n, _, s in (x.rpartition('=') for x in a.setup_time)]
     p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit or None, generator=a.generator,
-             articles=a.articles or None, opinions_limit=a.opinions_limit or None, device=a.device, dtype=a.dtype,
+             articles=a.articles or None, opinions_limit=a.opinions_limit or None, neighbours_limit=a.neighbours_limit or None, device=a.device, dtype=a.dtype,
              align_steps=a.align_steps, phases=ph)
     print('time per phase:')
     for n, s, x in ph: print(f"  {n:<44} {s:7.0f} s  {x}")
@@ -112,6 +120,7 @@ def add_cli(sub):
     de.add_argument('--limit', type=int, help='at most N samples per run'); de.add_argument('--aj-limit', type=int, default=16, help='at most N samples per AJ run (default 16; 0: all)')
     de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
     de.add_argument('--articles', type=int, default=0, help='extract from the first N articles of each nation (default 0: all 40)')
+    de.add_argument('--neighbours-limit', type=int, default=10, help='at most N CulturalBench questions and N BLEnD items per nation (default 10; 0: all)')
     de.add_argument('--opinions-limit', type=int, default=40, help='at most N GlobalOpinionQA items per nation (default 40; 0: all)')
     de.add_argument('--align-steps', type=int, default=8, help='DPO steps of the demo alignment run (SmolLM2, LoRA; default 8; 0: no alignment run)')
     de.add_argument('--setup-time', nargs='*', default=[], metavar='NAME=SECONDS', help='phases timed before navab ran (make demo: install, model fetch), first in the phase table')

@@ -73,6 +73,7 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
     if limit: samples = samples.head(limit)
     if not len(samples): raise ValueError("no samples to evaluate")
     B = get_backend(model, cfg)              # hf in process, or openai over HTTP: the same calls, one configuration
+    if opts.get('chat') == 'auto': opts['chat'] = bool(getattr(B.tok, 'chat_template', None))   # the model's chat template when it has one
     needs_judge = any(s.judge for s in T_.steps)
     J = get_backend(judge, cfg) if needs_judge and judge and judge != model else B
     run = Run(templates or load_templates(), cfg.seed, opts, B.tok, J.tok)

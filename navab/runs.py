@@ -139,7 +139,7 @@ def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: in
         t = get_task(m)
         src = samples_path if t.data == 'samples' else data.get(t.data)
         if not src: continue
-        opts = {k: v for k, v in given.items() if k in t.options}
+        opts = {**{k: v for k, v in given.items() if k in t.options}, **{k[len(m) + 1:]: v for k, v in given.items() if k.startswith(m + '.')}}   # `TASK.KEY`: one task's
         d = run_dir(out, model, nation, m)
         key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, options=opts, dtype=dtype,
                            **({} if Path(str(src)).exists() else {'data': str(src)})), [src])   # a hub name is its own identity
