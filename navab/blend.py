@@ -180,7 +180,7 @@ def _read_hub(spec: str, code: str | None, S) -> Checked:
     "BLEnD from the hub: `ID` (every split of a study nation) or `ID:SPLIT`; rows may name their own `country`."
     name, _, split = str(spec).partition(':')
     splits = [split] if split else [k for k, c in BLEND_SPLITS.items() if S.nation_of(c) and (code is None or S.nation_of(c) == code)]
-    if not splits: raise ValueError(f"{spec}: BLEnD has no country for nation {code} (it covers {', '.join(BLEND_SPLITS.values())})")
+    if not splits: return validate_records([], 'blend', f"{spec} (BLEnD has no country for nation {code}: it covers {', '.join(BLEND_SPLITS.values())})", 'blend', tuple(S.nations), n_in=0)
     checks = []
     for sp in splits:
         groups = {}
@@ -196,7 +196,8 @@ def _read_hub(spec: str, code: str | None, S) -> Checked:
             try: topics = {r['ID']: r.get('Topic') for r in _hub_rows(name, BLEND_QUESTIONS, sp) if r.get('ID')}
             except FileNotFoundError as e: warnings.warn(f"{e}: the items of {name}:{sp} have no topic")
         checks += [blend_items(g, country, c, f"{name}:{sp}", S, topics) for (country, c), g in groups.items()]
-    if not checks: raise ValueError(f"{spec}: no rows of a study nation{f' ({code})' if code else ''}")
+    if not checks and code: return validate_records([], 'blend', f"{spec} (no BLEnD rows of {code})", 'blend', tuple(S.nations), n_in=0)
+    if not checks: raise ValueError(f"{spec}: no rows of a study nation")
     return checks[0] if len(checks) == 1 else combine(checks, str(spec))
 
 # %% ../nbs/05d_blend.ipynb #0742cc52
@@ -222,7 +223,8 @@ def read_blend(spec, nation: str | None = None, settings=None) -> Checked:
     mine = [(f, k, S.nation_of(k)) for f, k in found if S.nation_of(k) and (code is None or S.nation_of(k) == code)]
     if not mine:
         have = ', '.join(f"{k} ({S.nation_of(k) or 'not studied'})" for _, k in found)
-        raise FileNotFoundError(f"{p}: no BLEnD annotations for {code or 'a study nation'} (it holds {have})")
+        if code: return validate_records([], 'blend', f"{p} (no BLEnD annotations for {code}: it holds {have})", 'blend', tuple(S.nations), n_in=0)   # none of this nation: nothing in
+        raise FileNotFoundError(f"{p}: no BLEnD annotations for a study nation (it holds {have})")
     cs = [_blend_file(f, c, S, k) for f, k, c in mine]
     return cs[0] if len(cs) == 1 else combine(cs, str(p))
 

@@ -102,24 +102,30 @@ def test_normad_bad_rows(tmp_path):
 
 
 def test_grid_real_models(shared, tmp_path):
-    "CulturalBench (five nations), CulturalBench-Hard and NormAd (its German row) through the grid on both embedded models, no NaVAB samples needed."
+    """CulturalBench (five nations), CulturalBench-Hard, NormAd (its German row) and BLEnD (China, US, UK) through the grid on both embedded
+    models, with no NaVAB samples; the study report's agreement section over them."""
     from navab.grid import run_grid
-    cb, na = shared / 'culturalbench' / 'CulturalBench-Easy.csv', shared / 'normad' / 'normad_etiquette.sample14.csv'
-    idx = run_grid(['smollm2-135m', 'gemma3-270m'], list(FIVE), {}, ['culturalbench', 'culturalbench-hard', 'normad'], tmp_path / 'g', progress=False,
-                   limits={'culturalbench': 3, 'culturalbench-hard': 2}, data={'culturalbench': cb, 'normad': na}, options={'levels': 'country,rot'})
+    cb, na, bl = shared / 'culturalbench' / 'CulturalBench-Easy.csv', shared / 'normad' / 'normad_etiquette.sample14.csv', shared / 'blend'
+    idx = run_grid(['smollm2-135m', 'gemma3-270m'], list(FIVE), {}, ['culturalbench', 'culturalbench-hard', 'normad', 'blend'], tmp_path / 'g', progress=False,
+                   limits={'culturalbench': 3, 'culturalbench-hard': 2, 'blend': 2}, data={'culturalbench': cb, 'normad': na, 'blend': bl},
+                   options={'levels': 'country,rot', 'blend.max_new_tokens': 8})
     recs = json.loads((tmp_path / 'g' / 'grid.json').read_text())['records']
     assert [r['name'] for r in recs if r['status'] != 'ok'] == [], [r.get('error') for r in recs if r['status'] != 'ok']
+    runs = tmp_path / 'g' / 'runs'
     for m in ('smollm2-135m', 'gemma3-270m'):
         for n in FIVE:
-            s = json.loads((tmp_path / 'g' / 'runs' / m / n / 'culturalbench' / 'summary.json').read_text())
+            s = json.loads((runs / m / n / 'culturalbench' / 'summary.json').read_text())
             assert (s['n'], s['n_orders'], s['order']) == (3, 4, 'both')                    # the settings' order=both: all four rotations
             assert 0 <= s['ci_low'] <= s['accuracy'] <= s['ci_high'] <= 1
-            h = json.loads((tmp_path / 'g' / 'runs' / m / n / 'culturalbench-hard' / 'summary.json').read_text())
+            h = json.loads((runs / m / n / 'culturalbench-hard' / 'summary.json').read_text())
             assert (h['n'], h['accuracy_row']['n']) == (2, 8)
-        assert (tmp_path / 'g' / 'runs' / m / 'DE' / 'normad' / 'summary.json').is_file()
-        assert not (tmp_path / 'g' / 'runs' / m / 'FR' / 'normad').exists()                 # NormAd's real rows hold no French story: no run, no error
-        s = json.loads((tmp_path / 'g' / 'runs' / m / 'DE' / 'normad' / 'summary.json').read_text())
+            assert (runs / m / n / 'blend').exists() == (n in ('CN', 'US', 'UK'))           # BLEnD has no France or Germany: no run, no error
+        assert not (runs / m / 'FR' / 'normad').exists()                                     # NormAd's real rows hold no French story
+        s = json.loads((runs / m / 'DE' / 'normad' / 'summary.json').read_text())
         assert ([b['level'] for b in s['by_level']], s['n_requests']) == (['country', 'rot'], 6)
+        b = json.loads((runs / m / 'CN' / 'blend' / 'summary.json').read_text())
+        assert (b['n'], b['options']['max_new_tokens'], [x['lang'] for x in b['by_lang']]) == (2, 8, ['en', 'zh'])
+    assert json.loads((runs / 'smollm2-135m' / 'US' / 'blend' / 'summary.json').read_text())['options']['chat'] is True    # its chat template
     html = (tmp_path / 'g' / 'study.html').read_text()
-    assert 'culturalbench' in html and 'normad' in html
+    assert 'Do the benchmarks agree?' in html and 'culturalbench-hard' in html and 'Kendall' in html
     assert idx.is_file()
