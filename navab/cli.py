@@ -128,7 +128,8 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser('evaluate', help='score a model on a task: MC, AJ, pref, GlobalOpinionQA opinions, ... (navab tasks lists them)')
     e.add_argument('--samples', required=True, help='the released NaVAB by name (JadenGGGeee/NaVAB[:CONFIG[/SPLIT]], e.g. :French/quoted; '
                    'the config names the nation), a NaVAB release JSON (needs --nation), a navab samples file, a folder of them (<NATION>/samples.parquet: '
-                   'its --nation part, else all), or a GlobalOpinionQA file (--task opinions)')
+                   'its --nation part, else all), or GlobalOpinionQA for --task opinions (a file or saved dataset in the long or '
+                   'the released form, or Anthropic/llm_global_opinions)')
     e.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
     e.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     e.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')

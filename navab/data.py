@@ -5,7 +5,7 @@ survey distributions, each validated against its contract with bad rows quaranti
 
 # %% ../nbs/02_data.ipynb #791e82b6
 from __future__ import annotations
-import csv, hashlib, io, json, re
+import ast, csv, hashlib, io, json, math, re
 from dataclasses import dataclass
 from pathlib import Path
 import polars as pl
@@ -17,7 +17,7 @@ __all__ = ['FORMATS', 'MAX_LINE', 'STREAM_EXT', 'NAVAB_RELEASE', 'RELEASE_CONFIG
            'read_records', 'article_id', 'load_articles', 'corpus_files', 'parquet_batches', 'iter_records',
            'stream_articles', 'write_partitions', 'source_type_of', 'read_navab', 'navab_records', 'Release',
            'parse_release', 'load_release', 'release_nations', 'release_part', 'samples_in', 'read_samples',
-           'show_check', 'read_opinions', 'guess_kind', 'check_file']
+           'show_check', 'parse_literal', 'read_opinions', 'guess_kind', 'check_file']
 
 # %% ../nbs/02_data.ipynb #d29352e1
 FORMATS = ('jsonl', 'json', 'csv', 'parquet', 'hf')
@@ -111,7 +111,10 @@ def read_records(path: str | Path, fmt: str | None = None):
         if fmt == 'hf' or re.fullmatch(r'[\w.-]+/[\w.-]+', str(path)) and fmt is None:
             import datasets
             try: ds = datasets.load_dataset(str(path), split='train')
-            except Exception as e: raise FileNotFoundError(f"{path}: no such file, and not a loadable Hugging Face dataset ({type(e).__name__})") from None
+            except Exception as e:
+                msg = str(e).splitlines()[0] if str(e) else ''
+                raise FileNotFoundError(f"{path}: no such file, and not a loadable Hugging Face dataset ({type(e).__name__}: {msg[:200]}); "
+                                        "offline, the dataset must be in the datasets cache") from None
             return list(enumerate(ds.to_list(), 1)), []
         raise FileNotFoundError(f"{path}: no such file")
     fmt = fmt or _fmt(p)
@@ -474,40 +477,81 @@ def show_check(c: Checked, out: str | Path | None = None, n: int = 5, need_valid
         raise ValueError(f"{c.file}: no valid samples: {why}" + (f"; see {q}" if q and len(c.quarantine) else ''))
     return c
 
+# %% ../nbs/02_data.ipynb #9ad20c39
+_DEFAULTDICT = re.compile(r"defaultdict\(\s*<class '\w+'>\s*,")
+
+def parse_literal(text, want: type = dict):
+    "A dict or list from its Python text (`defaultdict(<class 'list'>, {...})` as its dict) by `ast.literal_eval`, which runs no code; ValueError otherwise."
+    if isinstance(text, want): return text
+    if not isinstance(text, str): raise ValueError(f"expected the text of a {want.__name__}, got {type(text).__name__}")
+    s = text.strip()
+    if want is dict and (m := _DEFAULTDICT.match(s)):
+        if not s.endswith(')'): raise ValueError("not a dict literal: the defaultdict(...) text is unbalanced (no closing parenthesis)")
+        s = s[m.end():-1]
+    try: v = ast.literal_eval(s.strip())
+    except SyntaxError as e: raise ValueError(f"not a {want.__name__} literal: {e.msg} (column {e.offset})") from None
+    except (ValueError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f"not a {want.__name__} literal: it holds a name, a call or other code (only literals are read)") from None
+    if not isinstance(v, want): raise ValueError(f"not a {want.__name__} literal: a {type(v).__name__}")
+    return v
+
+# %% ../nbs/02_data.ipynb #cc308ea4
+def _expand_selections(path, i, r: dict, country: dict, bad: list) -> list:
+    "The long records of one released row (`question, selections, options, source`), one per country in `country`; a text that does not parse goes to `bad`."
+    try: sel = parse_literal(r.get('selections'), dict)
+    except ValueError as e: bad.append(_q(path, i, str(e), r, 'selections', 'opinions')); return []
+    mine = [c for c in sel if isinstance(c, str) and c in country]
+    if not mine: return []      # no country of the study: not counted in
+    try: o = parse_literal(r.get('options'), list)
+    except ValueError as e: bad.append(_q(path, i, str(e), r, 'options', 'opinions')); return []
+    return [dict(country=c, question=r.get('question'), options=o, distribution=sel[c], source=r.get('source')) for c in mine]
+
+# %% ../nbs/02_data.ipynb #14a4a1a8
+def _opinion_item(path, i, r: dict, nation: str, bad: list, field: str = 'distribution') -> dict | None:
+    "One distribution item from a long record (shares renormalised, numeric options as labels, an id from country and question), or None with its problem in `bad`."
+    for k in ('options', 'distribution'):
+        if isinstance(r.get(k), str):   # a CSV holds the lists as their text
+            try: r = {**r, k: parse_literal(r[k], list)}
+            except ValueError as e: bad.append(_q(path, i, str(e), r, k, 'opinions')); return None
+    who = f"{r['country']}: " if field == 'selections' else ''   # a released row holds several countries
+    d, o = r.get('distribution'), r.get('options')
+    if isinstance(d, list) and isinstance(o, list):
+        if len(d) != len(o): bad.append(_q(path, i, f"{who}{len(d)} shares for {len(o)} options", r, field, 'opinions')); return None
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in d) or sum(d) <= 0:
+            bad.append(_q(path, i, f"{who}shares must be non-negative numbers with a positive sum", r, field, 'opinions')); return None
+        d = [x / sum(d) for x in d]
+    if isinstance(o, list):  # upstream scale options are numbers (1.0, 2.0, ...): keep them as their labels
+        o = [str(int(x)) if isinstance(x, float) and x.is_integer() else str(x) if isinstance(x, (int, float)) else x for x in o]
+    q = r.get('question')
+    iid = hashlib.sha256(f"{r['country']}\n{q}".encode()).hexdigest()[:12]    # the same id from either form
+    return dict(id=f"goqa-{iid}", nation=nation, country=r['country'], question=q, options=o, distribution=d,
+                **({'source': r['source']} if 'source' in r else {}))
+
 # %% ../nbs/02_data.ipynb #2a39aa96
 def read_opinions(path: str | Path, nations=None, settings=None) -> Checked:
-    "GlobalOpinionQA distribution items for the study's nations, distributions renormalised to sum to 1."
+    "GlobalOpinionQA distribution items for the study's nations from a file, saved dataset or hub id in the long or the released form, distributions renormalised to sum to 1."
     S = settings or load_settings()
     codes = [S.nation(c).code for c in (nations or S.nations)]
     country = {c: code for code in codes for c in S.nations[code].opinion_countries}
     recs, bad = read_records(path)
-    rows, n_in = [], 0
+    rows = []
     for i, r in recs:
-        if not isinstance(r, dict) or r.get('country') not in country: continue
-        n_in += 1
-        d, o = r.get('distribution'), r.get('options')
-        if isinstance(d, list) and isinstance(o, list):
-            if len(d) != len(o): bad.append(_q(path, i, f"{len(d)} shares for {len(o)} options", r, 'distribution', 'opinions')); continue
-            if not all(isinstance(x, (int, float)) and x >= 0 for x in d) or sum(d) <= 0:
-                bad.append(_q(path, i, "shares must be non-negative numbers with a positive sum", r, 'distribution', 'opinions')); continue
-            d = [x / sum(d) for x in d]
-        if isinstance(o, list):  # upstream scale options are numbers (1.0, 2.0, ...): keep them as their labels
-            o = [str(int(x)) if isinstance(x, float) and x.is_integer() else str(x) if isinstance(x, (int, float)) else x for x in o]
-        q = r.get('question')
-        iid = hashlib.sha256(f"{r['country']}\n{q}".encode()).hexdigest()[:12]
-        rows.append((i, dict(id=f"goqa-{iid}", nation=country[r['country']], country=r['country'], question=q, options=o, distribution=d)))
-    return validate_records(rows, 'opinions', str(path), 'opinions', tuple(S.nations), prior=quarantine_frame(bad), n_in=n_in + len([b for b in bad if b['stage'] == 'read']))
+        released = isinstance(r, dict) and 'selections' in r
+        for x in (_expand_selections(path, i, r, country, bad) if released else [r]):
+            if not isinstance(x, dict) or not isinstance(x.get('country'), str) or x['country'] not in country: continue   # outside the study: not counted in
+            if item := _opinion_item(path, i, x, country[x['country']], bad, 'selections' if released else 'distribution'): rows.append((i, item))
+    return validate_records(rows, 'opinions', str(path), 'opinions', tuple(S.nations), prior=quarantine_frame(bad))   # in: items, and rows quarantined
 
 # %% ../nbs/02_data.ipynb #6e3502a2
 KINDS = ('articles', 'navab', 'samples', 'opinions')
 
 def guess_kind(path: str | Path) -> str:
-    "What a data file holds, from the fields of its first records: articles, navab (release format), samples or opinions."
+    "What a data file holds, from the fields of its first records: articles, navab (release format), samples or opinions (long or released form)."
     f = _files(Path(path))[0] if Path(path).exists() else path
     recs, _ = read_records(f)
     keys = set().union(*(r.keys() for _, r in recs[:20] if isinstance(r, dict))) if recs else set()
     if {'raw_news', 'statement'} <= keys: return 'navab'
-    if {'question', 'options', 'distribution'} <= keys: return 'opinions'
+    if {'question', 'options'} <= keys and keys & {'distribution', 'selections'}: return 'opinions'
     if {'question', 'statement', 'reverse_statement'} <= keys: return 'samples'
     return 'articles'
 
