@@ -286,6 +286,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'navab.extract.stage_hash': ('extract.html#stage_hash', 'navab/extract.py'),
                                'navab.extract.write_outputs': ('extract.html#write_outputs', 'navab/extract.py')},
             'navab.generate': { 'navab.generate._cut': ('generate.html#_cut', 'navab/generate.py'),
+                                'navab.generate._each_step': ('generate.html#_each_step', 'navab/generate.py'),
                                 'navab.generate._greedy': ('generate.html#_greedy', 'navab/generate.py'),
                                 'navab.generate._prompt_ids': ('generate.html#_prompt_ids', 'navab/generate.py'),
                                 'navab.generate._shared_len': ('generate.html#_shared_len', 'navab/generate.py'),

@@ -70,8 +70,8 @@ def _shared_len(ids: list) -> int:
     while k < n and all(s[k] == ids[0][k] for s in ids[1:]): k += 1
     return k
 
-def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, vocab=None, halt=(), share: bool = True) -> list:
-    "Greedy continuations (token ids) of the token lists `ids`: shared prefix run once, head over `vocab` only (one list, or one per row), halted at `halt` strings."
+def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, vocab=None, halt=(), share: bool = True, on_step=None) -> list:
+    "Greedy continuations (token ids) of the token lists `ids`: shared prefix run once, head over `vocab` only (one list, or one per row), halted at `halt` strings; `on_step()` before each token."
     import torch
     from transformers import DynamicCache
     from navab.score import _kv
@@ -97,6 +97,7 @@ def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, voc
     h = base(input_ids=x[:, P:], attention_mask=att, position_ids=pos[:, P:], use_cache=True, **{kv: cache}).last_hidden_state[:, -1].to(dev)
     outs, live, ends, last = [[] for _ in ids], list(range(len(ids))), set(eos), pos[:, -1]
     for step in range(max_new_tokens):
+        if on_step: on_step()              # a server runs other work here, or stops a request whose client has gone
         logits = h @ W.T if bias is None else h @ W.T + bias
         if allow is not None: logits = logits.masked_fill(~allow, float('-inf'))
         nxt = logits.argmax(-1)
@@ -115,11 +116,22 @@ def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, voc
         h = base(input_ids=nxt[:, None], attention_mask=att, position_ids=last[:, None], use_cache=True, **{kv: cache}).last_hidden_state[:, -1].to(dev)
     return outs
 
+# %% ../nbs/04b_generate.ipynb #0c53411f
+def _each_step(on_step):
+    "A `StoppingCriteriaList` for `model.generate` that calls `on_step()` after each token and never stops it (None without `on_step`)."
+    if on_step is None: return None
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+    class _Step(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            on_step(); return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    return StoppingCriteriaList([_Step()])
+
 # %% ../nbs/04b_generate.ipynb #0619faf8
 def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, temperature: float = 0.0, seed: int = 0,
              chat: bool = False, stop: str | None = '\n', batch_size: int = 8, progress: bool = True, stops: list | None = None,
-             lang: str | None = None, share_prefix: bool = True) -> list:
-    "Generate one completion per prompt (greedy unless `temperature` > 0, seeded; halted at `stops`; held to `lang`'s script and the prompt's own tokens), cached."
+             lang: str | None = None, share_prefix: bool = True, on_step=None) -> list:
+    "Generate one completion per prompt (greedy unless `temperature` > 0, seeded; halted at `stops`; held to `lang`'s script and the prompt's own tokens; `on_step()` before each token), cached."
     import torch
     from tqdm.auto import tqdm
     prompts = list(prompts)
@@ -148,8 +160,9 @@ def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, 
                     x = torch.tensor([[pad] * (L - len(s)) + s for s in ids], device=model.device)     # left padding
                     att = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in ids], device=model.device)
                     gen = [o[L:].tolist() for o in model.generate(input_ids=x, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=True,
-                                                                   temperature=temperature, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos or None)]
-                else: gen = _greedy(model, tok, ids, pad, eos, max_new_tokens, rows_v, tuple(stops or ()), share_prefix)
+                                                                   temperature=temperature, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos or None,
+                                                                   stopping_criteria=_each_step(on_step))]
+                else: gen = _greedy(model, tok, ids, pad, eos, max_new_tokens, rows_v, tuple(stops or ()), share_prefix, on_step)
             texts = [_cut(tok.decode(o, skip_special_tokens=True), stop) for o in gen]
             cache.add(pl.DataFrame({'key': [keys[i] for i in idx], 'text': texts, 'prompt': [prompts[i] for i in idx],
                                     'model_hash': info.hash, 'params': json.dumps(params)}))
