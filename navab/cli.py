@@ -84,13 +84,14 @@ def cmd_compare(a) -> int:
 
 # %% ../nbs/11_cli.ipynb #b9c5e2c9
 def cmd_serve(a) -> int:
-    "navab serve: serve /v1/completions over a model on 127.0.0.1 until interrupted."
-    import uvicorn
-    from navab.serve import make_app
-    name = a.served_name or a.model
-    print(f"serving {a.model} as {name!r} at http://{a.host}:{a.port}/v1 (Ctrl-C stops)")
-    uvicorn.run(make_app(a.model, a.dtype, a.device, batch_size=a.batch_size, served_name=name, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms),
-                host=a.host, port=a.port, log_level='warning')
+    "navab serve: refuse an open non-loopback host, bind the port, load the model, then serve /v1/completions until interrupted."
+    import os
+    from navab.serve import serve, Limits
+    key = a.api_key or os.environ.get('NAVAB_SERVE_API_KEY') or None
+    limits = Limits(max_body_mb=a.max_body_mb, max_prompts=a.max_prompts, max_prompt_tokens=a.max_prompt_tokens, max_tokens=a.max_tokens_cap,
+                    timeout_s=a.timeout)
+    serve(a.model, a.host, a.port, api_key=key, insecure=a.insecure, dtype=a.dtype, device=a.device, batch_size=a.batch_size,
+          served_name=a.served_name, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, limits=limits)
     return 0
 
 # %% ../nbs/11_cli.ipynb #8f4d4580
@@ -148,13 +149,21 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument('--out', required=True); e.set_defaults(fn=cmd_evaluate)
     co = sub.add_parser('compare', help='paired comparison of two evaluate runs (exact McNemar, paired bootstrap)')
     co.add_argument('run_a'); co.add_argument('run_b'); co.add_argument('--seed', type=int, default=0); co.set_defaults(fn=cmd_compare)
-    sv = sub.add_parser('serve', help='serve an OpenAI-compatible /v1/completions endpoint over a model')
+    sv = sub.add_parser('serve', help='serve an OpenAI-compatible /v1/completions endpoint over a model (limits, API key)')
     sv.add_argument('--model', default='smollm2-135m'); sv.add_argument('--port', type=int, default=8000)
     sv.add_argument('--host', default='127.0.0.1', help='the address to bind (default 127.0.0.1: this machine only)')
-    sv.add_argument('--served-name', help='the model name clients send (default: --model)')
+    sv.add_argument('--served-name', help="the model name clients send (default: --model; a folder's own name, not its path)")
     sv.add_argument('--batch-size', type=int, default=16, help="the engine's forward batch (prompts per forward pass)")
     sv.add_argument('--max-batch', type=int, default=64, help='concurrent echo requests gathered into one engine call, up to N prompts')
     sv.add_argument('--batch-wait-ms', type=float, default=5.0, help='how long the first request waits for others to join its batch')
+    sv.add_argument('--api-key', help='require Authorization: Bearer KEY on every route but /health (default: $NAVAB_SERVE_API_KEY; '
+                    'the variable keeps the key out of the process list)')
+    sv.add_argument('--insecure', action='store_true', help='allow a non-loopback --host without an API key')
+    sv.add_argument('--max-body-mb', type=float, default=4.0, help='largest request body, in MiB (413 above it; default 4)')
+    sv.add_argument('--max-prompts', type=int, default=128, help='most prompts in one request (default 128)')
+    sv.add_argument('--max-prompt-tokens', type=int, default=4096, help="most tokens in one prompt (default 4096, and never over the model's positions)")
+    sv.add_argument('--max-tokens-cap', type=int, default=2048, help="largest max_tokens a request may ask (default 2048)")
+    sv.add_argument('--timeout', type=float, default=300, help="seconds a request may take before it is stopped with 504 (default 300)")
     device_args(sv); sv.set_defaults(fn=cmd_serve)
     for name in CHAPTER_COMMANDS: _chapter_cli(name, sub)
     return p
