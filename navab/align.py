@@ -21,8 +21,8 @@ from .stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
 
 # %% auto #0
 __all__ = ['PAIR_COLS', 'MAX_CHARS', 'LORA', 'ARMS', 'pair_problem', 'opinion_pairs', 'read_pairs', 'split_pairs', 'dpo_rows',
-           'pairs_hash', 'trainable', 'train_dpo', 'reduce_conflicts', 'paired', 'align', 'pair_counts', 'cmd_align',
-           'add_cli']
+           'pairs_hash', 'trainable', 'train_dpo', 'reduce_conflicts', 'paired', 'check_align_args', 'align',
+           'pair_counts', 'cmd_align', 'add_cli']
 
 # %% ../nbs/10a_align.ipynb #a40f86f2
 PAIR_COLS = ('id', 'nation', 'lang', 'topic', 'source_type', 'question', 'statement', 'reverse_statement', 'file', 'row')
@@ -299,6 +299,24 @@ def _comparisons(rows: list, out: Path, seed: int) -> list:
                 res.append(dict(set=st, method=meth, a=a, b=b, **paired(out/by[st, meth, a], out/by[st, meth, b], seed)))
     return res
 
+# %% ../nbs/10a_align.ipynb #6012cdf2
+_RANGES = dict(test_frac=('--test-frac', 0, 1, 'a share strictly between 0 and 1'), steps=('--steps', 1, None, 'at least 1'),
+               epochs=('--epochs', 0, None, 'above 0'), beta=('--beta', 0, None, 'above 0'), lr=('--lr', 0, None, 'above 0'),
+               batch_size=('--batch-size', 1, None, 'at least 1'), save_steps=('--save-steps', 1, None, 'at least 1'),
+               max_length=('--max-length', 2, None, 'at least 2'), max_chars=('--max-chars', 1, None, 'at least 1'),
+               min_groups=('min_groups', 1, None, 'at least 1'), conflict_pairs=('--conflict-pairs', 1, None, 'at least 1'),
+               eval_limit=('--eval-limit', 1, None, 'at least 1'), train_limit=('--train-limit', 1, None, 'at least 1'),
+               cross_limit=('--cross-limit', 1, None, 'at least 1'), fit_limit=('--fit-limit', 0, None, '0 or more'))
+
+def check_align_args(**kw):
+    "Refuse an out-of-range alignment setting (`test_frac`, `steps`, `epochs`, ...; None: not given) with one line naming its flag."
+    for k, v in kw.items():
+        if v is None or k not in _RANGES: continue
+        flag, lo, hi, want = _RANGES[k]
+        strict = want.startswith(('above', 'a share'))
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v < hi)
+        if not ok: raise ValueError(f"{flag} {v:g}: must be {want}" if isinstance(v, (int, float)) else f"{flag} {v!r}: must be {want}")
+
 # %% ../nbs/10a_align.ipynb #418ad51f
 def _cross_samples(cross: dict | None, code: str, S, max_chars: int = MAX_CHARS) -> dict:
     "The other nations' samples for the cross-nation effect, read before any training: {code: (samples, counts)}; a clear error for a bad nation or no valid pair."
@@ -324,6 +342,9 @@ def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lo
           eval_limit: int | None = None, train_limit: int | None = None, fit_limit: int | None = 64, max_chars: int = MAX_CHARS, progress: bool = True,
           log=print) -> dict:
     "Train `model` toward `nation` on `pairs` with DPO, then measure base vs aligned (and the ablation) on held-out pairs: the summary."
+    check_align_args(test_frac=test_frac, steps=steps, epochs=epochs, beta=beta, lr=lr, batch_size=batch_size, save_steps=save_steps,
+                     max_length=max_length, max_chars=max_chars, min_groups=min_groups, conflict_pairs=conflict_pairs, eval_limit=eval_limit,
+                     train_limit=train_limit, cross_limit=cross_limit, fit_limit=fit_limit)   # before anything is read or written
     t0 = time.time(); out = Path(out); out.mkdir(parents=True, exist_ok=True)
     S = load_settings(); code = S.nation(nation).code
     trainable(model)                                   # a model that cannot be trained fails before any work

@@ -70,6 +70,9 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     methods = list(tasks or methods)                                               # `tasks`: the newer name of `methods`
     options = {**({'order': S.grid['order']} if S.grid.get('order') else {}), **(options or {})}   # the settings' defaults, as navab grid's
     aligns, methods = 'align' in methods, [m for m in methods if m != 'align']      # align: its own jobs and report (align_job)
+    if aligns and align_options:
+        from navab.align import check_align_args
+        check_align_args(**align_options)                                          # --align-steps -1: one line now, not a failed report later
     from navab.tasks import get_task
     for m in methods:
         if m not in GRID_EXTRAS: get_task(m)                                           # an unknown task: one clear line before anything runs

@@ -15,8 +15,8 @@ from .data import read_samples, samples_in, read_opinions, parse_release
 from .analysis import label
 
 # %% auto #0
-__all__ = ['HK_FILES', 'GRID_EXTRAS', 'parse_samples', 'find_samples', 'nation_samples', 'file_hash', 'run_key', 'run_dir',
-           'model_cache', 'evaluate_pair']
+__all__ = ['HK_FILES', 'GRID_EXTRAS', 'parse_samples', 'check_samples', 'find_samples', 'nation_samples', 'file_hash', 'run_key',
+           'run_dir', 'model_cache', 'evaluate_pair']
 
 # %% ../nbs/10c_runs.ipynb #2f1cdc12
 def parse_samples(specs) -> dict:
@@ -27,12 +27,27 @@ def parse_samples(specs) -> dict:
         out.setdefault(k.strip().upper() if k != '*' else '*', []).append(Path(p.strip()).expanduser())
     return out
 
+# %% ../nbs/10c_runs.ipynb #cc69f026
+def check_samples(samples: dict, nations, settings=None):
+    "Refuse a `--samples` mapping that names an unknown nation, a nation outside the grid's `nations`, or a file or folder that is not there (a release name is fine)."
+    S = settings or load_settings()
+    grid = [S.nation(n).code for n in nations]
+    for k, paths in (samples or {}).items():
+        for f in (paths if isinstance(paths, (list, tuple)) else [paths]):
+            spec = f"--samples {f}" if k == '*' else f"--samples {k}={f}"
+            if k != '*':
+                if str(k).strip().upper() not in S.nations: raise ValueError(f"{spec}: unknown nation {k!r} (known: {', '.join(S.nations)})")
+                if S.nation(k).code not in grid: raise ValueError(f"{spec}: {S.nation(k).code} is not one of the grid's nations ({', '.join(grid)}): add it with --nations")
+            if not Path(f).expanduser().exists() and not parse_release(f, None if k == '*' else S.nation(k).code):
+                raise ValueError(f"{spec}: {f} not found")
+
 # %% ../nbs/10c_runs.ipynb #305ff2e1
 HK_FILES = ('human_statement_result.json', 'official_statement_result.json')
 
 def find_samples(nations, samples: dict | None = None, settings=None, shared: str | Path | None = None) -> dict:
     "For each nation, the sample files the grid uses: explicit pairs, then folders, then the settings' folder, then NaVAB HK for CN."
     S = settings or load_settings()
+    check_samples(samples, nations, S)
     samples = {k: [Path(p) for p in (v if isinstance(v, (list, tuple)) else [v])] for k, v in (samples or {}).items()}
     folders = samples.get('*', []) + ([S.path.parent/S.grid['samples']] if S.grid.get('samples') else [])
     shared = Path(shared) if shared else repo_root().parent/'shared'/'data'
