@@ -570,7 +570,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'navab.serve.json_body': ('serve.html#json_body', 'navab/serve.py'),
                              'navab.serve.key_ok': ('serve.html#key_ok', 'navab/serve.py'),
                              'navab.serve.make_app': ('serve.html#make_app', 'navab/serve.py'),
-                             'navab.serve.public_name': ('serve.html#public_name', 'navab/serve.py'),
                              'navab.serve.serve': ('serve.html#serve', 'navab/serve.py'),
                              'navab.serve.wait_job': ('serve.html#wait_job', 'navab/serve.py')},
             'navab.settings': { 'navab.settings.Nation': ('settings.html#nation', 'navab/settings.py'),

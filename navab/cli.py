@@ -152,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
     sv = sub.add_parser('serve', help='serve an OpenAI-compatible /v1/completions endpoint over a model (limits, API key)')
     sv.add_argument('--model', default='smollm2-135m'); sv.add_argument('--port', type=int, default=8000)
     sv.add_argument('--host', default='127.0.0.1', help='the address to bind (default 127.0.0.1: this machine only)')
-    sv.add_argument('--served-name', help="the model name clients send (default: --model; a folder's own name, not its path)")
+    sv.add_argument('--served-name', help='the model name clients send and /v1/models lists (default: --model as given; name a folder here to keep its path private)')
     sv.add_argument('--batch-size', type=int, default=16, help="the engine's forward batch (prompts per forward pass)")
     sv.add_argument('--max-batch', type=int, default=64, help='concurrent echo requests gathered into one engine call, up to N prompts')
     sv.add_argument('--batch-wait-ms', type=float, default=5.0, help='how long the first request waits for others to join its batch')

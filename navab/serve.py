@@ -19,8 +19,8 @@ log = logging.getLogger('navab.serve')
 # %% auto #0
 __all__ = ['log', 'COMPLETION_FIELDS', 'Limits', 'RequestError', 'field_int', 'field_number', 'field_bool', 'check_text',
            'check_prompts', 'check_stop', 'completion_params', 'Cancelled', 'Job', 'Batcher', 'encode_prompt',
-           'echo_choices', 'encode_prompts', 'key_ok', 'Guard', 'json_body', 'wait_job', 'install_guard', 'public_name',
-           'make_app', 'Server', 'is_loopback', 'check_host', 'bind', 'serve']
+           'echo_choices', 'encode_prompts', 'key_ok', 'Guard', 'json_body', 'wait_job', 'install_guard', 'make_app',
+           'Server', 'is_loopback', 'check_host', 'bind', 'serve']
 
 # %% ../nbs/04c_serve.ipynb #1c6ccbdc
 @dataclass
@@ -413,11 +413,6 @@ def install_guard(app, limits: Limits, api_key: str | None = None):
     app.add_exception_handler(RequestError, refused); app.add_exception_handler(RequestValidationError, invalid)
 
 # %% ../nbs/04c_serve.ipynb #af371367
-def public_name(model) -> str:
-    "The name a model is served under by default: a local folder's own name (its path stays private), else the name as given."
-    p = Path(str(model)).expanduser()
-    return p.name if p.is_dir() else str(model)
-
 def _cut_more(text: str, stops: list) -> str:
     "`text` cut at the first of `stops` after the first (which `generate` has cut at)."
     for s in stops[1:]:
@@ -433,7 +428,7 @@ def make_app(model: str, dtype: str = 'auto', device: str = 'auto', batch_size: 
     from navab.models import load_model
     from navab.generate import generate, _prompt_ids
     m, tok, info = load_model(model, dtype=dtype, device=device)
-    name = served_name or public_name(model)
+    name = served_name or str(model)
     app, lock = FastAPI(title=f'navab serve {name}'), threading.RLock()
     limit = getattr(m.config.get_text_config(), 'max_position_embeddings', None)
     L, V = (limits or Limits()).fit(limit), m.get_output_embeddings().out_features
@@ -455,7 +450,7 @@ def make_app(model: str, dtype: str = 'auto', device: str = 'auto', batch_size: 
     @app.post('/v1/completions')
     async def completions(request: Request):
         p = completion_params(await json_body(request), L)
-        if p['model'] not in (None, name, str(model)): raise RequestError(404, f"model {p['model']!r} is not served here (serving {name!r})", 'model')
+        if p['model'] not in (None, name): raise RequestError(404, f"model {p['model']!r} is not served here (serving {name!r})", 'model')
         ps, k, deadline = p['prompts'], p['max_tokens'], time.monotonic() + L.timeout_s
         if p['echo']:
             enc = await run_in_threadpool(encode_prompts, tok, ps, L, V, limit, k)

@@ -25,6 +25,8 @@ def test_http_backend_against_real_server(smollm2, tmp_path):
                 if httpx.get(url + '/v1/models', timeout=1).status_code == 200: break
             except httpx.HTTPError: time.sleep(0.25)
         else: pytest.fail('navab serve did not come up: ' + p.stdout.read1().decode()[-500:])
+        listing = httpx.get(url + '/v1/models').text
+        assert 'smollm2-135m' in listing and str(smollm2[2].path) not in listing and '.cache' not in listing   # the name and hash, not the cache folder
         qs = ['The capital of France is', 'Cities should plant more trees because']
         got = generate_http(qs, url, 'smollm2-135m', run_dir=tmp_path, max_new_tokens=12, progress=False)
         m, tok, info = smollm2
@@ -201,10 +203,11 @@ def test_api_key_and_host(tiny_model, tmp_path):
 
 def test_models_names_the_model_not_its_path(tiny_model, tmp_path):
     from navab.models import load_model
-    with served(tmp_path, '--model', str(tiny_model)) as (p, url, log):
-        entry = httpx.get(url + '/v1/models').json()['data'][0]
-    assert entry['id'] == tiny_model.name and entry['hash'] == entry['revision'] == load_model(str(tiny_model))[2].hash
-    assert str(tiny_model.parent) not in json.dumps(entry)
+    with served(tmp_path, '--model', str(tiny_model), '--served-name', 'tiny') as (p, url, log):
+        listing = httpx.get(url + '/v1/models')
+    entry = listing.json()['data'][0]
+    assert entry['id'] == entry['root'] == 'tiny' and entry['hash'] == entry['revision'] == load_model(str(tiny_model))[2].hash
+    assert str(tiny_model.parent) not in listing.text                        # the weights' folder is not told
 
 
 def test_port_in_use_and_ready_line(tiny_model, tmp_path):
