@@ -70,13 +70,14 @@ lab: install
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium; } || echo "make: chromium missing and not installable here (needs root and apt-get): the browser test will skip"
 
-# Benchmarks (by hand, never in tests): the engine vs a brute-force reference, then navab vs lm-evaluation-harness vs
+# Benchmarks (by hand, never in tests): the engine vs a brute-force reference, navab serve under 64 concurrent clients, then navab vs lm-evaluation-harness vs
 # the original NaVAB way (HF evaluate perplexity) on the same requests, in the benchmark's own venv; then navab's
 # extraction against the original pipeline's HK outputs and the demo labels (long: hours on 2 cores; resumable).
 bench: install
 	$(BIN)/navab models fetch smollm2-135m
 	$(BIN)/python benchmarks/bench_score.py --model smollm2-135m
 	$(BIN)/python benchmarks/bench_http.py --model smollm2-135m
+	$(BIN)/python benchmarks/bench_serve.py --model smollm2-135m --clients 64 --requests 2
 	bash benchmarks/setup_lmeval.sh
 	benchmarks/.venv-lmeval/bin/python benchmarks/bench_lmeval.py --model smollm2-135m
 	nice -n 5 $(BIN)/python benchmarks/bench_extract.py --sizes 10000 100000
