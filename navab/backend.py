@@ -352,6 +352,8 @@ def probe_server(b, mode: str = 'auto') -> dict:
     E = []
     for c, ids, p in zip(ch, idss, prompts):
         lp = c['logprobs']
+        if m == 'text' and len(lp.get('text_offset') or []) != len(lp['token_logprobs']):
+            raise fail("the server returns no text_offset for its tokens: navab places a text prompt's continuation by it")
         k = len(p) if m == 'tokens' else _n_prompt(lp, len(p))
         if k != len(ids) + 1:
             raise fail(f"the server reads a probe text with the start token {head!r} in front as {k} tokens, the local tokenizer as {len(ids) + 1}: "
