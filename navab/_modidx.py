@@ -86,6 +86,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'navab.backend._entries': ('backend.html#_entries', 'navab/backend.py'),
                                'navab.backend._n_prompt': ('backend.html#_n_prompt', 'navab/backend.py'),
                                'navab.backend._openai_score': ('backend.html#_openai_score', 'navab/backend.py'),
+                               'navab.backend._plausible': ('backend.html#_plausible', 'navab/backend.py'),
                                'navab.backend._said': ('backend.html#_said', 'navab/backend.py'),
                                'navab.backend._sum_span': ('backend.html#_sum_span', 'navab/backend.py'),
                                'navab.backend._top1': ('backend.html#_top1', 'navab/backend.py'),

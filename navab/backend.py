@@ -417,10 +417,17 @@ class OpenAIBackend(ServerBackend):
         return dict(model=self.served, prompt=prompt, max_tokens=1, temperature=0, logprobs=1, echo=True, seed=0)
 
 # %% ../nbs/04d_backend.ipynb #fbe65bf1
+def _plausible(ch: list, url: str) -> list:
+    "The choices of a scoring answer, refused when its echoed log-probs are all 0 or all equal (a server that passed the probe and then changed)."
+    vals = [x for c in ch for x in c['logprobs']['token_logprobs'][1:] if x is not None]
+    if len(vals) > 1 and (p := logprob_problem(vals)) and ('are 0' in p or 'are equal' in p):
+        raise ValueError(f"{url}: {p} in a scoring answer: not the model's log-probs, nothing of it is stored")
+    return ch
+
 def _call_tokens(self, seqs: list, starts: list) -> list:
     "Score token-id prompts in one call: `(logprob, n_tokens, greedy)` each."
     url = self.base + '/completions'
-    ch = _choices(self.client.call('/completions', self._body(seqs)), len(seqs), url)
+    ch = _plausible(_choices(self.client.call('/completions', self._body(seqs)), len(seqs), url), url)
     return [(*_sum_span(c['logprobs'], s, len(x), url), len(x) - s) for c, x, s in zip(ch, seqs, starts)]
 
 def _call_text(self, ctxs: list, conts: list) -> list:
@@ -429,7 +436,7 @@ def _call_text(self, ctxs: list, conts: list) -> list:
     head = '' if self.adds_bos else self.info.start_token
     pairs = [_move_space(c, x) for c, x in zip(ctxs, conts)]
     texts = [head + c + x for c, x in pairs]
-    ch = _choices(self.client.call('/completions', self._body(texts)), len(texts), url)
+    ch = _plausible(_choices(self.client.call('/completions', self._body(texts)), len(texts), url), url)
     out = []
     for c, t, (ctx, _) in zip(ch, texts, pairs):
         lp = c['logprobs']

@@ -34,7 +34,8 @@ def fake_app(loaded, kind: str, log: list, served: str = 'tiny'):
     """An OpenAI-compatible completions server over a loaded model (navab serve's own echo), wrong in one way: `good`,
     `zeros` (every log-prob 0), `shifted` (llama-cpp-python's echo), `llamacpp` (text prompts only, a 500 with a pydantic
     error for token ids, a 500 with an empty message for more than one prompt: llama-cpp-python's server), `llamacpp-shifted`
-    (both), `invalid` (a 500 validation error for everything), `hang8` (no answer to a request of 8 prompts or more).
+    (both), `invalid` (a 500 validation error for everything), `hang8` (no answer to a request of 8 prompts or more),
+    `zeros4` (zeros for requests of 4 to 7 prompts: a server that passes the probe, answers a batch of 8, then changes).
     `log` gets `(prompts, status)` for each completions request."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
@@ -58,7 +59,7 @@ def fake_app(loaded, kind: str, log: list, served: str = 'tiny'):
         ch = echo_choices(m, tok, ps, int(req.get('max_tokens') or 0))
         for c, p in zip(ch, ps):
             L = c['logprobs']
-            if kind == 'zeros':
+            if kind == 'zeros' or (kind == 'zeros4' and 4 <= len(ps) < 8):
                 L['token_logprobs'] = [None if x is None else 0.0 for x in L['token_logprobs']]
                 L['top_logprobs'] = [None if t is None else {k: 0.0 for k in t} for t in L['top_logprobs']]
             if kind.endswith('shifted'): _shifted(m, tok, c, tok(p).input_ids if isinstance(p, str) else p)
@@ -176,6 +177,18 @@ def test_a_scoring_request_left_unanswered_names_its_size(tiny, tiny_model, tmp_
         with pytest.raises(TimeoutError, match=rf"no answer from {s.url}/v1/completions within 1 s to a scoring request of 8 prompts"):
             b.score(_requests(16), run_dir=tmp_path, batch_size=8, progress=False)
     assert not cache_parts(tmp_path, 'score') and sum(n == 8 for n, _ in log) == 1
+
+
+def test_zeros_after_the_probe_are_refused_before_they_are_stored(tiny, tiny_model, tmp_path):
+    "A server that passes the probe, then answers a scoring request with zeros: refused at that answer; only the good batches are stored."
+    log = []
+    with Server(fake_app(tiny, 'zeros4', log)) as s:
+        b = get_backend(f"{s.url}/v1#tiny", tokenizer=str(tiny_model), concurrency=1)
+        with pytest.raises(ValueError, match="all prompt log-probs are 0 in a scoring answer"):
+            b.score(_requests(12), run_dir=tmp_path, batch_size=8, progress=False)     # a call of 8, then one of 4
+    from navab.score import read_results
+    got = read_results(tmp_path)
+    assert len(got) == 8 and (got['logprob'] < 0).all()
 
 
 def test_a_real_navab_serve_passes_the_probe_and_equals_in_process(tiny_model, tmp_path):
