@@ -70,6 +70,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'navab.backend.HFBackend.__init__': ('backend.html#hfbackend.__init__', 'navab/backend.py'),
                                'navab.backend.HFBackend.generate': ('backend.html#hfbackend.generate', 'navab/backend.py'),
                                'navab.backend.HFBackend.score': ('backend.html#hfbackend.score', 'navab/backend.py'),
+                               'navab.backend.NoAnswer': ('backend.html#noanswer', 'navab/backend.py'),
                                'navab.backend.OpenAIBackend': ('backend.html#openaibackend', 'navab/backend.py'),
                                'navab.backend.OpenAIBackend.__init__': ('backend.html#openaibackend.__init__', 'navab/backend.py'),
                                'navab.backend.OpenAIBackend._body': ('backend.html#openaibackend._body', 'navab/backend.py'),

@@ -16,9 +16,9 @@ from .generate import generate, _cut
 
 # %% auto #0
 __all__ = ['PROBE_SENTENCE', 'PROBE_REPEAT', 'PROBE_COUNT', 'PROBE_SWAPS', 'Backend', 'HFBackend', 'parse_remote',
-           'load_tokenizer', 'tokenizer_hash', 'server_message', 'ServerRefused', 'refuses', 'Client', 'ServerBackend',
-           'generate_http', 'ProbeError', 'chat_hint', 'swap_pair', 'token_shift', 'logprob_problem', 'shift_verdict',
-           'structure', 'probe_server', 'OpenAIBackend', 'is_remote', 'get_backend', 'remote_stamp']
+           'load_tokenizer', 'tokenizer_hash', 'server_message', 'ServerRefused', 'NoAnswer', 'refuses', 'Client',
+           'ServerBackend', 'generate_http', 'ProbeError', 'chat_hint', 'swap_pair', 'token_shift', 'logprob_problem',
+           'shift_verdict', 'structure', 'probe_server', 'OpenAIBackend', 'is_remote', 'get_backend', 'remote_stamp']
 
 # %% ../nbs/04d_backend.ipynb #26cd87c6
 class Backend:
@@ -103,6 +103,9 @@ _VALIDATION = re.compile(r'validation error|Input should be|field required|value
 class ServerRefused(ValueError):
     "A request the server does not take (a 4xx but 429, or a 500 whose body is a validation error): asking again cannot help."
 
+class NoAnswer(TimeoutError, ConnectionError):
+    "A request the server left unanswered within the client's timeout (a `ConnectionError` too, for callers that fall back on one)."
+
 def refuses(r) -> bool:
     "Whether an error response says the server does not take this request: a 4xx but 429, or a 500 whose body is a validation error."
     return (400 <= r.status_code < 500 and r.status_code != 429) or (r.status_code == 500 and bool(_VALIDATION.search(r.text or '')))
@@ -124,7 +127,7 @@ class Client:
                                  limits=httpx.Limits(max_connections=max(1, connections), max_keepalive_connections=max(1, connections)))
 
     def call(self, path: str, body: dict | None = None, retries: int | None = None) -> dict:
-        "The JSON answer of GET (no body) or POST `path`; retried on transient failures (`retries` overrides the client's); `ServerRefused`, `TimeoutError` or `ConnectionError` naming the cause otherwise."
+        "The JSON answer of GET (no body) or POST `path`; retried on transient failures (`retries` overrides the client's); `ServerRefused`, `NoAnswer` or `ConnectionError` naming the cause otherwise."
         import httpx
         url, last, retries = self.base + path, None, self.retries if retries is None else retries
         for k in range(retries + 1):
@@ -136,7 +139,7 @@ class Client:
                 last = f"HTTP {r.status_code}: {server_message(r)}"
                 if refuses(r): raise ServerRefused(f"{url}: {last}")   # a request the server does not take will not get better
             except (httpx.ReadTimeout, httpx.WriteTimeout):           # a server that holds a request this long is stuck, not busy for a moment
-                raise TimeoutError(f"no answer from {url} within {self.timeout:g} s to {_what(path, body)} (--request-timeout sets the limit)") from None
+                raise NoAnswer(f"no answer from {url} within {self.timeout:g} s to {_what(path, body)} (--request-timeout sets the limit)") from None
             except httpx.HTTPError as e: last = f"{type(e).__name__}: {e}"
             if k < retries: time.sleep(self.backoff * 2 ** k * (0.5 + random.random()))
         raise ConnectionError(f"{url}: {last} (after {k + 1} tries)")
@@ -333,6 +336,7 @@ def probe_server(b, mode: str = 'auto') -> dict:
             got = _echoed(b.client.call('/completions', b._body([[sid] + rep]), retries=0))
             if got is None or len(got['token_logprobs']) < len(rep) + 1: raise ValueError("no log-prob for each prompt token")
             m = 'tokens'
+        except TimeoutError: raise
         except (ValueError, ConnectionError) as e:
             if mode == 'tokens': raise fail(f"the server does not take token-id prompts ({_said(e)})") from None
             m, why = 'text', _said(e)
