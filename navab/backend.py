@@ -6,17 +6,19 @@ completions server: vLLM, SGLang, `navab serve`)."""
 
 # %% ../nbs/04d_backend.ipynb #45bdab9b
 from __future__ import annotations
-import hashlib, json, random, re, time
+import hashlib, json, math, random, re, threading, time
 from pathlib import Path
 import polars as pl
-from .models import load_model, resolve, start_token, convert_embedded, ModelInfo, SENTENCES, RunConfig
+from .models import load_model, resolve, start_token, convert_embedded, ModelInfo, RunConfig
 from .cache import Cached, cache_key
 from .score import score, encode_requests, request_key, RESULTS, _check_requests, _results, _move_space
 from .generate import generate, _cut
 
 # %% auto #0
-__all__ = ['Backend', 'HFBackend', 'parse_remote', 'load_tokenizer', 'tokenizer_hash', 'server_message', 'Client',
-           'ServerBackend', 'generate_http', 'OpenAIBackend', 'is_remote', 'get_backend', 'remote_stamp']
+__all__ = ['PROBE_SENTENCE', 'PROBE_REPEAT', 'PROBE_COUNT', 'PROBE_SWAPS', 'Backend', 'HFBackend', 'parse_remote',
+           'load_tokenizer', 'tokenizer_hash', 'server_message', 'ServerRefused', 'NoAnswer', 'refuses', 'Client',
+           'ServerBackend', 'generate_http', 'ProbeError', 'chat_hint', 'swap_pair', 'token_shift', 'logprob_problem',
+           'shift_verdict', 'structure', 'probe_server', 'OpenAIBackend', 'is_remote', 'get_backend', 'remote_stamp']
 
 # %% ../nbs/04d_backend.ipynb #26cd87c6
 class Backend:
@@ -96,16 +98,36 @@ def _v1(url: str) -> str:
     url = url.rstrip('/')
     return url if url.endswith('/v1') else url + '/v1'
 
+_VALIDATION = re.compile(r'validation error|Input should be|field required|value is not a valid|type_error|value_error|Unprocessable', re.I)
+
+class ServerRefused(ValueError):
+    "A request the server does not take (a 4xx but 429, or a 500 whose body is a validation error): asking again cannot help."
+
+class NoAnswer(TimeoutError, ConnectionError):
+    "A request the server left unanswered within the client's timeout (a `ConnectionError` too, for callers that fall back on one)."
+
+def refuses(r) -> bool:
+    "Whether an error response says the server does not take this request: a 4xx but 429, or a 500 whose body is a validation error."
+    return (400 <= r.status_code < 500 and r.status_code != 429) or (r.status_code == 500 and bool(_VALIDATION.search(r.text or '')))
+
+def _what(path: str, body: dict | None) -> str:
+    "A request in words, for a timeout's message: 'a scoring request of 8 prompts', 'a model listing request', ..."
+    if body is None: return 'a model listing request' if path.endswith('/models') else f'a GET {path} request'
+    if 'messages' in body: return 'a chat request'
+    p = body.get('prompt')
+    n = 1 if isinstance(p, str) or (isinstance(p, list) and p and all(isinstance(t, int) for t in p)) else len(p) if isinstance(p, list) else 0
+    return f"a {'scoring' if body.get('echo') else 'generation'} request of {n} prompt{'' if n == 1 else 's'}"
+
 class Client:
-    "POST/GET JSON to one server (`base` ending in /v1) with retries (429, 5xx, timeouts, connection errors) and one-line errors."
-    def __init__(self, base: str, retries: int = 4, backoff: float = 0.5, timeout: float = 300, api_key: str | None = None, connections: int = 8):
+    "POST/GET JSON to one server (`base` ending in /v1) with retries (429, 5xx, connection errors) and one-line errors; a refusal or a request unanswered within `timeout` s is not retried."
+    def __init__(self, base: str, retries: int = 4, backoff: float = 0.5, timeout: float = 60, api_key: str | None = None, connections: int = 8):
         import httpx
-        self.base, self.retries, self.backoff = base, retries, backoff
+        self.base, self.retries, self.backoff, self.timeout = base, retries, backoff, timeout
         self.http = httpx.Client(timeout=timeout, headers={'Authorization': f'Bearer {api_key}'} if api_key else {},
                                  limits=httpx.Limits(max_connections=max(1, connections), max_keepalive_connections=max(1, connections)))
 
     def call(self, path: str, body: dict | None = None, retries: int | None = None) -> dict:
-        "The JSON answer of GET (no body) or POST `path`; retried on transient failures (`retries` overrides the client's), a ValueError/ConnectionError naming the cause otherwise."
+        "The JSON answer of GET (no body) or POST `path`; retried on transient failures (`retries` overrides the client's); `ServerRefused`, `NoAnswer` or `ConnectionError` naming the cause otherwise."
         import httpx
         url, last, retries = self.base + path, None, self.retries if retries is None else retries
         for k in range(retries + 1):
@@ -115,7 +137,9 @@ class Client:
                     try: return r.json()
                     except ValueError: raise ValueError(f"{url}: the server's answer is not JSON: {' '.join(r.text.split())[:80]!r}") from None
                 last = f"HTTP {r.status_code}: {server_message(r)}"
-                if r.status_code != 429 and r.status_code < 500: raise ValueError(f"{url}: {last}")   # a client error will not get better
+                if refuses(r): raise ServerRefused(f"{url}: {last}")   # a request the server does not take will not get better
+            except (httpx.ReadTimeout, httpx.WriteTimeout):           # a server that holds a request this long is stuck, not busy for a moment
+                raise NoAnswer(f"no answer from {url} within {self.timeout:g} s to {_what(path, body)} (--request-timeout sets the limit)") from None
             except httpx.HTTPError as e: last = f"{type(e).__name__}: {e}"
             if k < retries: time.sleep(self.backoff * 2 ** k * (0.5 + random.random()))
         raise ConnectionError(f"{url}: {last} (after {k + 1} tries)")
@@ -124,7 +148,8 @@ class Client:
 class ServerBackend(Backend):
     "Generation through an OpenAI-compatible completions server known by URL and served name (no tokenizer needed), cached under `ident`."
     kind = 'openai'
-    def __init__(self, url: str, served: str, ident: str | None = None, retries: int = 4, backoff: float = 0.5, timeout: float = 300,
+    per_request = None            # the most prompts the server takes in one request (None: any number; the probe finds 1 for some)
+    def __init__(self, url: str, served: str, ident: str | None = None, retries: int = 4, backoff: float = 0.5, timeout: float = 60,
                  api_key: str | None = None, connections: int = 8):
         self.url, self.base, self.served = url.rstrip('/'), _v1(url), served
         self.name, self.ident = f"{url.rstrip('/')}#{served}", ident or f"http|{url.rstrip('/')}|{served}"
@@ -146,7 +171,7 @@ class ServerBackend(Backend):
         ident = self.ident + ('|chat' if chat else '')
         params = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, chat=False, stop=stop)
         cache = Cached(run_dir, 'generate', [cache_key('generate', ident, 'remote', (p,), params) for p in ps])
-        todo = cache.missing()
+        todo, batch_size = cache.missing(), min(batch_size, self.per_request or batch_size)
         with tqdm(total=len(todo), desc=f"generate {self.served} @ {self.base}", unit='answer', disable=not progress) as bar:
             for b in range(0, len(todo), batch_size):
                 idx = todo[b:b + batch_size]
@@ -161,7 +186,7 @@ class ServerBackend(Backend):
         return cache.get('text')
 
 def generate_http(prompts, url: str, model: str, run_dir=None, max_new_tokens: int = 48, temperature: float = 0.0, seed: int = 0,
-                  stop: str | None = '\n', batch_size: int = 8, retries: int = 4, backoff: float = 0.5, timeout: float = 300,
+                  stop: str | None = '\n', batch_size: int = 8, retries: int = 4, backoff: float = 0.5, timeout: float = 60,
                   api_key: str | None = None, progress: bool = True, key: str | None = None) -> list:
     "Generate through an OpenAI-compatible server, batched and cached by (server, model, prompt, parameters); `key` replaces (server, model)."
     return ServerBackend(url, model, key, retries, backoff, timeout, api_key).generate(
@@ -192,14 +217,180 @@ def _sum_span(lp: dict, a: int, b: int, url: str) -> tuple:
         s += x; greedy = greedy and x >= max(top.values())
     return s, greedy
 
-# %% ../nbs/04d_backend.ipynb #d4c5de4b
-_PROBE = SENTENCES['en']
+# %% ../nbs/04d_backend.ipynb #f574a284
+PROBE_SENTENCE = 'The old lighthouse keeper wrote down the name of every ship that passed the harbour at night.'
+PROBE_REPEAT = PROBE_SENTENCE + '\n' + PROBE_SENTENCE       # a sentence twice: its second copy is far more likely than its first
+PROBE_COUNT = ' '.join(map(str, range(1, 21)))               # 1 2 3 ... 20
+PROBE_SWAPS = [(' 7 ', ' 4 '), (' 8 ', ' 3 '), (' 9 ', ' 2 ')]  # one number changed: the pair whose log-probs agree up to that number
 
+class ProbeError(ValueError):
+    "A server that fails the capability probe: its one line names what the server got wrong; `findings` holds what the probe measured."
+    findings: dict = {}
+
+def chat_hint(base: str, served: str | None) -> str:
+    "Where to turn when a server gives no usable prompt log-probs."
+    return f"use a server that echoes prompt log-probs (vLLM, SGLang, navab serve), or the chat backend (chat+{base}#{served or 'name'})"
+
+def swap_pair(tok) -> tuple | None:
+    "`(count ids, swapped ids, d, e, swapped text)`: the counting text and a copy with one number changed, tokens d..e differing and a token after them; None when no swap tokenises so."
+    enc = lambda t: tok(t, add_special_tokens=False).input_ids
+    a = enc(PROBE_COUNT)
+    for x, y in PROBE_SWAPS:
+        t = PROBE_COUNT.replace(x, y, 1)
+        b = enc(t)
+        diff = [j for j, (p, q) in enumerate(zip(a, b)) if p != q]
+        if len(a) == len(b) and diff and diff[-1] + 1 < len(a): return a, b, diff[0], diff[-1], t
+    return None
+
+# %% ../nbs/04d_backend.ipynb #6ed7f6c6
+def _entries(lp: dict, k: int, n: int) -> list:
+    "The `(log-prob, top log-probs)` of the last `n` of a choice's first `k` echoed positions (a prompt's own tokens, after its start token)."
+    return list(zip(lp['token_logprobs'][k - n:k], lp['top_logprobs'][k - n:k]))
+
+def token_shift(strs, k: int, want: list) -> int:
+    "By how many positions a server's echoed token strings sit off the prompt's (`want`, its last tokens of `k`): 0, or -1/+1 when one of those fits and 0 does not."
+    if not isinstance(strs, list) or len(strs) < k + 1: return 0
+    n = len(want)
+    fit = lambda s: sum(a == b for a, b in zip(strs[k - n + s:k + s], want)) / n
+    best = max((-1, 1), key=fit)
+    return best if fit(0) < 0.5 and fit(best) >= 0.8 else 0
+
+def logprob_problem(vals: list) -> str | None:
+    "What is wrong with a prompt's echoed log-probs, in words; None when they look like the log-probabilities of a model."
+    nums = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(nums) < len(vals): return f"the server returns no log-prob for {len(vals) - len(nums)} of {len(vals)} prompt tokens"
+    if not all(math.isfinite(v) for v in nums): return "the server returns log-probs that are not finite numbers"
+    if all(v == 0 for v in nums): return "all prompt log-probs are 0"
+    if max(nums) > 1e-4: return f"prompt log-probs above 0 (up to {max(nums):.3g}): they are not log-probabilities"
+    if max(nums) - min(nums) < 1e-6: return f"all prompt log-probs are equal ({nums[0]:.4g})"
+    return None
+
+def _top1(top: dict) -> float:
+    "The largest log-prob of a position's top log-probs."
+    return max(float(v) for v in top.values())
+
+def shift_verdict(a: list, b: list, d: int, e: int) -> tuple:
+    "How an echo lines up, from two prompts equal but for tokens d..e: `(verdict, noise)`, verdict ok, shifted (token d moves its own position's distribution), acausal or flat."
+    noise = max((abs(x[0] - y[0]) for x, y in zip(a[:d], b[:d]) if x[0] is not None and y[0] is not None), default=0.0)
+    if noise > 0.1: return 'acausal', noise
+    tol = max(2e-3, 4 * noise)
+    def changed(j):
+        common = [abs(a[j][1][k] - b[j][1][k]) for k in set(a[j][1]) & set(b[j][1])]
+        return max([abs(_top1(a[j][1]) - _top1(b[j][1]))] + ([min(common)] if common else [])) > tol
+    if changed(d): return 'shifted', noise
+    return ('ok' if changed(e + 1) else 'flat'), noise
+
+# %% ../nbs/04d_backend.ipynb #4a05f180
+def structure(rep: list, rep_ids: list, count: list, count_ids: list, tok) -> dict:
+    "What a trained model shows on the probe texts: second copy minus first copy (nats a token), how often the top token is the prompt's, as echoed and shifted by one; the verdict."
+    n1 = len(tok(PROBE_SENTENCE, add_special_tokens=False).input_ids)
+    n = len(rep_ids)
+    if rep_ids[n - n1:] != rep_ids[:n1]: n1 = n // 2              # a tokenizer that cuts the copies differently: halves
+    first, second = range(2, n1), range(n - n1 + 2, n)
+    mean = lambda js: sum(rep[j][0] for j in js) / max(1, len(js))
+    margin = mean(second) - mean(first)
+    pos = [(rep, rep_ids, j) for j in second] + [(count, count_ids, j) for j in range(4, len(count_ids))]
+    top = lambda t: max(t, key=t.get)
+    fit = sum(top(E[j][1]) == tok.decode([ids[j]]) for E, ids, j in pos) / len(pos)
+    fit1 = sum(top(E[j - 1][1]) == tok.decode([ids[j]]) for E, ids, j in pos) / len(pos)
+    verdict = 'shifted' if fit1 >= 0.5 and fit1 >= fit + 0.3 else 'seen' if margin >= 1.0 or fit >= 0.5 else 'none'
+    return dict(margin=round(margin, 3), fit=round(fit, 3), fit_shifted=round(fit1, 3), verdict=verdict)
+
+# %% ../nbs/04d_backend.ipynb #04f50819
+def _echoed(res) -> dict | None:
+    "The first choice's logprobs when they echo a prompt (token and top log-probs for more than one position); else None."
+    ch = res.get('choices') if isinstance(res, dict) else None
+    lp = ch[0].get('logprobs') if isinstance(ch, list) and ch and isinstance(ch[0], dict) else None
+    ok = isinstance(lp, dict) and isinstance(lp.get('token_logprobs'), list) and len(lp['token_logprobs']) > 1
+    return lp if ok else None
+
+def _n_prompt(lp: dict, n_chars: int) -> int:
+    "How many echoed positions are the prompt's (of a text prompt `n_chars` long): by `text_offset`, else all but the generated one."
+    offs = lp.get('text_offset') or []
+    return sum(1 for o in offs if o < n_chars) if len(offs) == len(lp['token_logprobs']) else len(lp['token_logprobs']) - 1
+
+def _said(e: Exception) -> str:
+    "An error's message without the URL in front."
+    return str(e).split(': ', 1)[-1] if str(e).startswith('http') else str(e)
+
+def probe_server(b, mode: str = 'auto') -> dict:
+    "Check that `b`'s server echoes the model's prompt log-probs where navab reads them and learn what it takes: the findings, or a `ProbeError` naming what it got wrong."
+    if mode not in ('auto', 'tokens', 'text'): raise ValueError(f"prompt_mode {mode!r}: auto, tokens or text")
+    t0, url, tok, sid = time.time(), b.base + '/completions', b.tok, b.info.start_token_id
+    fail = lambda msg: ProbeError(f"{b.base} ({b.served}): {msg}")
+    hint = chat_hint(b.base, b.served)
+    rep = tok(PROBE_REPEAT, add_special_tokens=False).input_ids
+    # 1. one text prompt: prompt log-probs at all? the local tokenizer's count? a BOS the server adds itself?
+    try: lp = _echoed(b.client.call('/completions', b._body(PROBE_REPEAT)))
+    except ServerRefused as e: raise fail(f"the server refuses a scoring request (echo with logprobs; {_said(e)}): {hint}") from None
+    if lp is None: raise fail(f"the server returns no prompt log-probs (llama.cpp server issue #27174): {hint}")
+    n = _n_prompt(lp, len(PROBE_REPEAT))
+    if n not in (len(rep), len(rep) + 1):
+        raise fail(f"the server tokenises a probe sentence into {n} tokens, the local tokenizer into {len(rep)}: they differ, so navab cannot "
+                   f"place the context/continuation boundary; pass --tokenizer naming the served model's tokenizer")
+    adds_bos = n == len(rep) + 1
+    # 2. token ids? (a refusal, a 500 too, means text)
+    m, why = mode, None
+    if mode != 'text':
+        try:
+            got = _echoed(b.client.call('/completions', b._body([[sid] + rep]), retries=0))
+            if got is None or len(got['token_logprobs']) < len(rep) + 1: raise ValueError("no log-prob for each prompt token")
+            m = 'tokens'
+        except TimeoutError: raise
+        except (ValueError, ConnectionError) as e:
+            if mode == 'tokens': raise fail(f"the server does not take token-id prompts ({_said(e)})") from None
+            m, why = 'text', _said(e)
+    # 3. the probe texts as scoring will send them, all in one request, else one a request
+    pair = swap_pair(tok)
+    cnt, swp = pair[:2] if pair else (tok(PROBE_COUNT, add_special_tokens=False).input_ids, None)
+    head = '' if adds_bos else b.info.start_token
+    texts = [PROBE_REPEAT, PROBE_COUNT] + ([pair[4]] if pair else [])
+    idss = [rep, cnt] + ([swp] if swp else [])
+    prompts = [[sid] + i for i in idss] if m == 'tokens' else [head + t for t in texts]
+    per = None
+    try: ch = _choices(b.client.call('/completions', b._body(prompts), retries=0), len(prompts), url)
+    except TimeoutError: raise
+    except (ValueError, ConnectionError):   # a batch refused, or answered with fewer choices: one prompt a request
+        per = 1
+        ch = [_choices(b.client.call('/completions', b._body([p])), 1, url)[0] for p in prompts]
+    E = []
+    for c, ids, p in zip(ch, idss, prompts):
+        lp = c['logprobs']
+        if m == 'text' and len(lp.get('text_offset') or []) != len(lp['token_logprobs']):
+            raise fail("the server returns no text_offset for its tokens: navab places a text prompt's continuation by it")
+        k = len(p) if m == 'tokens' else _n_prompt(lp, len(p))
+        if k != len(ids) + 1:
+            raise fail(f"the server reads a probe text with the start token {head!r} in front as {k} tokens, the local tokenizer as {len(ids) + 1}: "
+                       f"text prompts would not be scored as navab scores them")
+        if min(len(lp['token_logprobs']), len(lp['top_logprobs'])) < k:
+            raise fail(f"the server echoes {len(lp['token_logprobs'])} log-probs for a prompt of {k} tokens")
+        if (off := token_shift(lp.get('tokens'), k, [tok.decode([i]) for i in ids])):
+            raise fail(f"the server's echoed tokens sit one position {'after' if off > 0 else 'before'} the prompt's: "
+                       f"{'it adds a token of its own' if off > 0 else 'it drops one'}, so its log-probs are not at the positions navab reads")
+        E.append(_entries(lp, k, len(ids)))
+    if (p := logprob_problem([x for e in E for x, _ in e])): raise fail(f"{p}: the server does not report the model's prompt log-probs ({hint})")
+    if (k := sum(not (isinstance(t, dict) and t) for e in E for _, t in e)):
+        raise fail(f"the server returns no top_logprobs for {k} prompt tokens (navab reads greedy flags from them)")
+    align, noise = shift_verdict(E[1], E[2], pair[2], pair[3]) if pair else ('untested', None)
+    found = dict(mode=m, adds_bos=adds_bos, per_request=per, tokens_refused=why, alignment=align, **structure(E[0], rep, E[1], cnt, tok))
+    def refuse(msg):
+        e = fail(msg); e.findings = found; return e
+    if 'shifted' in (align, found['verdict']):
+        raise refuse("prompt log-probs are shifted by one position: the server's echo is not usable for scoring (llama-cpp-python issue #1983)")
+    if align == 'acausal': raise refuse(f"the log-probs of a prompt's first tokens change (by up to {noise:.3g}) when a later token changes: the server's echo is not usable for scoring")
+    if align == 'flat': raise refuse("the prompt log-probs do not change when a prompt token changes: they are not the model's")
+    if found['verdict'] == 'none':
+        print(f"navab: {b.base} ({b.served}): the probe sees no structure in the prompt log-probs (a repeated sentence is no likelier the second "
+              f"time: {found['margin']:+.2f} nats a token; top token right {found['fit']:.0%}): an untrained model, or log-probs that are not the model's")
+    return dict(found, probe_s=round(time.time() - t0, 2))
+
+
+# %% ../nbs/04d_backend.ipynb #d4c5de4b
 class OpenAIBackend(ServerBackend):
     "A model behind an OpenAI-compatible completions server: scoring by echo + logprobs, generation by completions; cached like `hf`."
     kind = 'openai'
     def __init__(self, spec: str, tokenizer: str | None = None, concurrency: int = 8, retries: int = 4, backoff: float = 0.5,
-                 timeout: float = 300, api_key: str | None = None, prompt_mode: str = 'auto'):
+                 timeout: float = 60, api_key: str | None = None, prompt_mode: str = 'auto'):
         t0 = time.time()
         base, served, rev = parse_remote(spec)
         self.concurrency = max(1, int(concurrency))
@@ -222,38 +413,25 @@ class OpenAIBackend(ServerBackend):
                               dtype='remote', device='remote', n_params=0, start_token=st, start_token_id=sid,
                               chat_template=bool(getattr(self.tok, 'chat_template', None)), load_s=0.0)
         self.ident = self.info.hash       # generations are cached under the served name, revision and tokenizer too
-        self.mode, self.adds_bos = self._probe(prompt_mode)
+        self.probe = probe_server(self, prompt_mode)      # before anything is scored: a server that fails it scores nothing, caches nothing
+        self.mode, self.adds_bos, self.per_request = self.probe['mode'], self.probe['adds_bos'], self.probe['per_request']
         self.info.load_s = round(time.time() - t0, 2)
 
     def _body(self, prompt) -> dict:
         return dict(model=self.served, prompt=prompt, max_tokens=1, temperature=0, logprobs=1, echo=True, seed=0)
 
-    def _probe(self, mode: str) -> tuple:
-        "Check the server tokenises as the local tokenizer does; find whether it takes token ids: `(mode, adds_bos)`."
-        if mode not in ('auto', 'tokens', 'text'): raise ValueError(f"prompt_mode {mode!r}: auto, tokens or text")
-        url = self.base + '/completions'
-        local = self.tok(_PROBE, add_special_tokens=False).input_ids
-        lp = _choices(self.client.call('/completions', self._body(_PROBE)), 1, url)[0]['logprobs']
-        offs = lp.get('text_offset') or []
-        n = sum(1 for o in offs if o < len(_PROBE)) if len(offs) == len(lp['token_logprobs']) else len(lp['token_logprobs']) - 1
-        if n not in (len(local), len(local) + 1):
-            raise ValueError(f"{self.base} ({self.served}) tokenises a probe sentence into {n} tokens, the local tokenizer into {len(local)}: "
-                             f"they differ, so navab cannot place the context/continuation boundary; pass --tokenizer naming the served model's tokenizer")
-        if mode == 'text': return 'text', n == len(local) + 1
-        ids = [self.info.start_token_id] + local
-        try: res = self.client.call('/completions', self._body([ids]))
-        except ValueError:                         # a 4xx: this server takes text only
-            if mode == 'tokens': raise
-            return 'text', n == len(local) + 1
-        got = _choices(res, 1, url)[0]['logprobs']
-        if len(got['token_logprobs']) < len(ids): raise ValueError(f"{url}: echoed {len(got['token_logprobs'])} tokens for a {len(ids)}-token prompt")
-        return 'tokens', n == len(local) + 1
-
 # %% ../nbs/04d_backend.ipynb #fbe65bf1
+def _plausible(ch: list, url: str) -> list:
+    "The choices of a scoring answer, refused when its echoed log-probs are all 0 or all equal (a server that passed the probe and then changed)."
+    vals = [x for c in ch for x in c['logprobs']['token_logprobs'][1:] if x is not None]
+    if len(vals) > 1 and (p := logprob_problem(vals)) and ('are 0' in p or 'are equal' in p):
+        raise ValueError(f"{url}: {p} in a scoring answer: not the model's log-probs, nothing of it is stored")
+    return ch
+
 def _call_tokens(self, seqs: list, starts: list) -> list:
     "Score token-id prompts in one call: `(logprob, n_tokens, greedy)` each."
     url = self.base + '/completions'
-    ch = _choices(self.client.call('/completions', self._body(seqs)), len(seqs), url)
+    ch = _plausible(_choices(self.client.call('/completions', self._body(seqs)), len(seqs), url), url)
     return [(*_sum_span(c['logprobs'], s, len(x), url), len(x) - s) for c, x, s in zip(ch, seqs, starts)]
 
 def _call_text(self, ctxs: list, conts: list) -> list:
@@ -262,7 +440,7 @@ def _call_text(self, ctxs: list, conts: list) -> list:
     head = '' if self.adds_bos else self.info.start_token
     pairs = [_move_space(c, x) for c, x in zip(ctxs, conts)]
     texts = [head + c + x for c, x in pairs]
-    ch = _choices(self.client.call('/completions', self._body(texts)), len(texts), url)
+    ch = _plausible(_choices(self.client.call('/completions', self._body(texts)), len(texts), url), url)
     out = []
     for c, t, (ctx, _) in zip(ch, texts, pairs):
         lp = c['logprobs']
@@ -270,7 +448,9 @@ def _call_text(self, ctxs: list, conts: list) -> list:
         if not isinstance(offs, list) or len(offs) != len(lp['token_logprobs']): raise ValueError(f"{url}: the answer has no text_offset for its tokens")
         b = len(head + ctx)
         pos = [j for j, o in enumerate(offs) if b <= o < len(t)]
-        if not pos: out.append((0.0, True, 0)); continue
+        if not pos:
+            if len(t) == b: out.append((0.0, True, 0)); continue      # an empty continuation
+            raise ValueError(f"{url}: the server's text_offset places no token after the context (of {len(t) - b} continuation characters): it cannot be scored")
         s, g = _sum_span(lp, pos[0], pos[-1] + 1, url)
         out.append((s, g, len(pos)))
     return out
@@ -287,16 +467,28 @@ def _openai_score(self, requests, run_dir=None, batch_size=16, progress=True):
     group = requests['group'].cast(pl.String).to_list() if 'group' in requests.columns else [None] * len(requests)
     todo = sorted(cache.missing(), key=lambda i: (group[i] or ctx[i], i))     # a question's options go in one call
     enc = dict(zip(todo, encode_requests(self.tok, [ctx[i] for i in todo], [cont[i] for i in todo], self.info.start_token_id))) if todo else {}
-    chunks = [todo[a:a + batch_size] for a in range(0, len(todo), max(1, batch_size))]
+    size = max(1, min(batch_size, self.per_request or batch_size))
+    chunks = [todo[a:a + size] for a in range(0, len(todo), size)]
+    def call(idx):
+        if self.mode == 'tokens': return _call_tokens(self, [enc[i][0] for i in idx], [enc[i][1] for i in idx])
+        return _call_text(self, [ctx[i] for i in idx], [cont[i] for i in idx])
+    failed = threading.Event()           # after a failure, calls not yet sent are not sent
     def run(idx):
-        if self.mode == 'tokens': return idx, _call_tokens(self, [enc[i][0] for i in idx], [enc[i][1] for i in idx])
-        return idx, _call_text(self, [ctx[i] for i in idx], [cont[i] for i in idx])
+        if failed.is_set(): return idx, None
+        try: return idx, call(idx)
+        except ServerRefused:            # a batch refused: halve it and remember the size (one bad prompt ends alone, its error named)
+            if len(idx) < 2: failed.set(); raise
+            h = len(idx) // 2; self.per_request = h
+            a, b = run(idx[:h])[1], run(idx[h:])[1]
+            return idx, None if a is None or b is None else a + b
+        except BaseException: failed.set(); raise
     with tqdm(total=len(keys), initial=len(keys) - sum(count[keys[i]] for i in todo), desc=f"score {self.served} @ {self.base}",
               unit='req', disable=not progress) as bar, ThreadPoolExecutor(self.concurrency) as ex:
         futs = [ex.submit(run, c) for c in chunks]
         try:
             for f in as_completed(futs):
                 idx, res = f.result()
+                if res is None: continue         # not sent: another call failed
                 cache.add(pl.DataFrame({'key': [keys[i] for i in idx], 'logprob': [r[0] for r in res], 'n_tokens': [r[2] for r in res],
                                         'is_greedy': [r[1] for r in res], 'model_hash': self.info.hash, 'dtype': self.info.dtype}, schema=RESULTS))
                 bar.update(sum(count[keys[i]] for i in idx))
@@ -317,8 +509,8 @@ def get_backend(model, config=None, **kw) -> Backend:
     "The backend for a model under one run configuration: `http(s)://host:port/v1#served-name[@revision]` -> openai, anything else -> hf in this process."
     if isinstance(model, Backend): return model
     if isinstance(model, tuple): return HFBackend(None, loaded=model)
-    cfg = RunConfig.of(config, **{k: kw.pop(k) for k in list(kw) if k in RunConfig.__dataclass_fields__})   # device, dtype, tokenizer, concurrency, ...
-    if is_remote(model): return OpenAIBackend(model, tokenizer=cfg.tokenizer, concurrency=cfg.concurrency, **kw)   # kw: retries, timeout, api_key, ...
+    cfg = RunConfig.of(config, **{k: kw.pop(k) for k in list(kw) if k in RunConfig.__dataclass_fields__})   # device, dtype, tokenizer, concurrency, timeout, ...
+    if is_remote(model): return OpenAIBackend(model, tokenizer=cfg.tokenizer, concurrency=cfg.concurrency, timeout=cfg.timeout, **kw)   # kw: retries, api_key, ...
     if kw: raise TypeError(f"get_backend: {', '.join(kw)} apply to server models only, not {model!r}")
     cfg = cfg.resolved()
     return HFBackend(model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)

@@ -60,7 +60,7 @@ def cmd_evaluate(a) -> int:
     c = t.load(a.samples, a.nation) if t.load else read_samples(a.samples, a.nation)
     show_check(c, a.out)
     s = evaluate(c.valid, a.model, a.out, task=t, options=_pairs(a.option, option_value, '--option'), scoring=a.scoring, norm=a.norm, order=a.order, chat=a.chat or None, max_new_tokens=a.max_new_tokens,
-                 batch_size=a.batch_size, limit=a.limit, seed=a.seed, judge=a.judge, dtype=a.dtype, device=a.device, tokenizer=a.tokenizer, concurrency=a.concurrency)
+                 batch_size=a.batch_size, limit=a.limit, seed=a.seed, judge=a.judge, dtype=a.dtype, device=a.device, tokenizer=a.tokenizer, concurrency=a.concurrency, timeout=a.request_timeout)
     extra = (f" (position-debiased; S as A {s['accuracy_by_order']['S as A']['estimate']:.3f}, S as B {s['accuracy_by_order']['S as B']['estimate']:.3f}, "
              f"consistency {s['position_consistency']['estimate']:.3f})" if s.get('accuracy_debiased') else '')
     if s.get('one_letter'): extra += f"; mostly one letter: {s['top_letter']} in {s['top_letter_share']:.0%} of decisions"
@@ -134,6 +134,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
     e.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     e.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
+    e.add_argument('--timeout', '--request-timeout', dest='request_timeout', type=float, default=60, help='seconds a server may take to answer one request (default 60)')
     e.add_argument('--task', '--method', dest='task', default='mc', help='the task (navab tasks lists them; --method is its old name): mc, aj, pref, opinions, ...')
     e.add_argument('--order', help="option order of the task: MC's seeded (default), s_first, rs_first or both (S as A and as B, position-debiased); "
                    "culturalbench's rotate (default, = both), given or seeded")

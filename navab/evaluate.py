@@ -61,11 +61,11 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
              judge: str | None = None, templates: dict | None = None, progress: bool = True, method: str | None = None, options: dict | None = None,
              scoring: str | None = None, norm: str | None = None, order: str | None = None, chat: bool | None = None, max_new_tokens: int | None = None,
              batch_size: int | None = None, seed: int | None = None, dtype: str | None = None, device: str | None = None,
-             tokenizer: str | None = None, concurrency: int | None = None, cache: str | Path | None = None) -> dict:
+             tokenizer: str | None = None, concurrency: int | None = None, cache: str | Path | None = None, timeout: float | None = None) -> dict:
     "Evaluate `model` (a name, a server URL `http(s)://host:port/v1#name`, or a backend) on samples with a task; write requests/scores/summary to `out`."
     t0 = time.time()
     T_ = get_task(method or task)
-    cfg = RunConfig.of(config, batch_size=batch_size, seed=seed, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency).resolved()
+    cfg = RunConfig.of(config, batch_size=batch_size, seed=seed, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency, timeout=timeout).resolved()
     given = dict(scoring=scoring, norm=norm, order=order, chat=chat, max_new_tokens=max_new_tokens)
     opts = T_.check({**{k: v for k, v in given.items() if k in T_.options}, **(options or {})})
     params = {**dict(scoring='answer', norm='none'), **(T_.params(opts) if T_.params else {})}   # a bad option value fails here, before a model loads

@@ -231,12 +231,13 @@ def device_args(p, dtype_default: str = 'auto'):
 # %% ../nbs/03_models.ipynb #c6d17972
 @dataclass(frozen=True)
 class RunConfig:
-    "How a run executes, resolved once and passed as one value: device, dtype, batch size, tokenizer, concurrency, seed."
+    "How a run executes, resolved once and passed as one value: device, dtype, batch size, tokenizer, concurrency, timeout, seed."
     device: str = 'auto'
     dtype: str = 'auto'
     batch_size: int = 16
     tokenizer: str | None = None
     concurrency: int = 8
+    timeout: float = 60            # seconds a server may take to answer one request
     seed: int = 0
     trust_remote_code: bool = False
 
@@ -248,6 +249,7 @@ class RunConfig:
         if bad: raise ValueError(f"RunConfig has no field {bad[0]!r} (fields: {', '.join(cls.__dataclass_fields__)})")
         c = cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
         if int(c.batch_size) < 1 or int(c.concurrency) < 1: raise ValueError(f"batch_size and concurrency must be at least 1 (got {c.batch_size}, {c.concurrency})")
+        if not float(c.timeout) > 0: raise ValueError(f"timeout must be more than 0 seconds (got {c.timeout})")
         _check_dtype(c.dtype)
         return c
 

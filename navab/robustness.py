@@ -139,7 +139,7 @@ def _as_variations(variations) -> list:
 def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, seed: int = 0, limit: int | None = None,
                batch_size: int = 16, dtype: str = 'auto', cache: str | Path | None = None, templates: dict | None = None,
                n_permutations: int = 10_000, progress: bool = True, device: str = 'auto',
-               tokenizer: str | None = None, concurrency: int = 8) -> dict:
+               tokenizer: str | None = None, concurrency: int = 8, timeout: float | None = None) -> dict:
     "Re-score `samples` with `model` (a name, a server URL, a backend or `(model, tok, info)`) under each variation; write variations/flips/summary to `out`."
     from tqdm.auto import tqdm
     from navab.evaluate import run_steps, load_templates
@@ -154,7 +154,7 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
     if samples['id'].n_unique() != len(samples): raise ValueError("samples: field 'id': duplicate sample ids (check the input with navab data check)")
     T = templates or load_templates()
     from navab.models import RunConfig
-    cfg = RunConfig.of(dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency, batch_size=batch_size, seed=seed).resolved()
+    cfg = RunConfig.of(dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency, timeout=timeout, batch_size=batch_size, seed=seed).resolved()
     B = get_backend(str(model) if isinstance(model, Path) else model, cfg)
     tok, info = B.tok, B.info
     rows, dec, costs = [], {}, {}
@@ -258,7 +258,7 @@ def cmd_robustness(a) -> int:
     S = _read_samples(a.samples, a.nation, a.out, a.limit)
     s = robustness(S, a.model, a.out, variations=a.variations, seed=a.seed, batch_size=a.batch_size, dtype=a.dtype, device=a.device,
                    cache=a.cache, n_permutations=a.permutations,
-                   tokenizer=a.tokenizer, concurrency=a.concurrency)
+                   tokenizer=a.tokenizer, concurrency=a.concurrency, timeout=a.request_timeout)
     print('\n'.join(robustness_section(a.out)['text']))
     print(f"-> {a.out} ({s['cache']['n_computed']} of {s['cache']['n_requests']} requests computed, the rest from the cache; {s['wall_s']} s)")
     return 0
@@ -270,6 +270,7 @@ def add_cli(sub):
     p.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
     p.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     p.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
+    p.add_argument('--timeout', '--request-timeout', dest='request_timeout', type=float, default=60, help='seconds a server may take to answer one request (default 60)')
     p.add_argument('--nation', help='nation code for files that carry none')
     p.add_argument('--variations', help='the variations table (CSV; default data/variations.csv)')
     p.add_argument('--limit', type=int, help='only the first N valid samples of each file'); p.add_argument('--seed', type=int, default=0)
