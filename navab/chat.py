@@ -19,7 +19,7 @@ from .backend import Backend, Client, parse_remote, server_message
 # %% auto #0
 __all__ = ['SCORING_KINDS', 'CHAT_SCORINGS', 'NOT_CHOSEN', 'LOGLIK_ONLY', 'is_chat', 'api_key', 'RateLimiter', 'BudgetSpent',
            'retry_after', 'ChatClient', 'label_of', 'label_logprobs', 'parse_letter', 'ChatBackend', 'first_top',
-           'chat_backend', 'scoring_record']
+           'chat_backend', 'scoring_record', 'server_args', 'server_options']
 
 # %% ../nbs/04e_chat.ipynb #32d82671
 SCORING_KINDS = ('loglik', 'label-logprob', 'generation')
@@ -358,3 +358,17 @@ def scoring_record(task, B, req: pl.DataFrame, J=None, before: dict | None = Non
         now, before = B.stats(), before or {}
         out['api'] = {k: round(v - before.get(k, 0), 2) if isinstance(v, float) else v - before.get(k, 0) for k, v in now.items()}
     return out
+
+# %% ../nbs/04e_chat.ipynb #39d396e1
+def server_args(p):
+    "The flags of a model behind an API: the key's environment variable, rate limits, a request budget, how a chat API scores MC."
+    p.add_argument('--api-key-env', metavar='NAME', help="the environment variable holding the server's API key, sent as Authorization: Bearer (never written anywhere)")
+    p.add_argument('--rpm', type=float, help='at most this many requests per minute to a chat API (client-side)')
+    p.add_argument('--tpm', type=float, help='at most this many tokens per minute to a chat API (client-side)')
+    p.add_argument('--max-requests', type=int, metavar='N', help='stop after N chat API requests (answers so far are cached: the same command goes on)')
+    p.add_argument('--chat-scoring', choices=['auto', 'label-logprob', 'generation'], help="how a chat+http(s) model answers MC: the answer letter's "
+                   "log-prob (label-logprob), a generated answer's letter (generation), or label-logprob where the API returns log-probs (auto, default)")
+
+def server_options(a) -> dict:
+    "The server flags as keyword arguments of evaluate (and the grid's backend options); unset ones left out."
+    return {k: getattr(a, k) for k in ('api_key_env', 'rpm', 'tpm', 'max_requests', 'chat_scoring') if getattr(a, k, None) is not None}
