@@ -92,6 +92,8 @@ def cmd_compare(a) -> int:
           f"  A {r['model_a']}: accuracy {r['acc_a']:.3f}\n  B {r['model_b']}: accuracy {r['acc_b']:.3f}\n"
           f"  A - B = {r['diff']:+.3f} [95% paired-bootstrap CI {r['diff_ci_low']:+.3f}, {r['diff_ci_high']:+.3f}]\n"
           f"  exact McNemar: A right only {r['only_a']}, B right only {r['only_b']}, p = {r['p_value']:.4g}")
+    if r['scoring_a'] != r['scoring_b']:   # a chat model's label log-probs or generated letters are another measurement than log-likelihoods
+        print(f"  note: A was scored by {r['scoring_a']}, B by {r['scoring_b']}: different measurements, compare with care")
     return 0
 
 # %% ../nbs/11_cli.ipynb #b9c5e2c9

@@ -202,6 +202,22 @@ def test_opinions_by_label_logprobs_or_refused(tmp_path, key):
         assert seen == []
 
 
+def test_the_openai_completions_backend_takes_the_key_too(tmp_path, key, tiny_model):
+    "--api-key-env works for http(s):// completions servers as well: every request carries the key as a Bearer token."
+    app, auth = FastAPI(), []
+    @app.get('/v1/models')
+    def models(request: Request):
+        auth.append(request.headers.get('authorization')); return {'data': [{'id': 'tiny', 'revision': 'r1'}]}
+    @app.post('/v1/completions')
+    def completions(req: dict, request: Request):
+        auth.append(request.headers.get('authorization')); return JSONResponse({'message': 'echo is not supported'}, status_code=400)
+    with Server(app) as s:
+        with pytest.raises(ValueError, match='echo is not supported'):
+            evaluate(pl.read_parquet(_samples(tmp_path/'s.parquet')), f'{s.url}/v1#tiny', tmp_path/'run', tokenizer=str(tiny_model),
+                     api_key_env=KEY_ENV, progress=False)
+    assert len(auth) >= 2 and set(auth) == {f'Bearer {KEY}'}
+
+
 # ---- real: navab serve's chat endpoint over the embedded SmolLM2, a few real HK samples ----
 
 def _free_port():
