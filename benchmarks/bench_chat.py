@@ -2,7 +2,10 @@
 `navab serve`'s chat endpoint, against MC by the full log-likelihood of the answer label (the hf backend).
 
 Usage:  OMP_NUM_THREADS=1 PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_chat.py
-        [--samples ../shared/data/navab-hk/human_statement_result.json] [--models smollm2-135m,gemma3-270m] [--limit N]
+        [--samples FILE ...] [--models smollm2-135m,gemma3-270m] [--limit N]
+
+The samples: the two final files of ../shared/data/navab-hk (human_statement_result.json, 35 quoted samples, and
+official_statement_result.json, 39 official ones after its one quarantined row): 74 HK samples, nation CN.
 
 For each model: `evaluate` MC (seeded order, answer scoring, seed 0) in process (hf, `loglik`: the prompt, then the
 label's log-likelihood), and for models with a chat template also hf in that template (`loglik-chat`: the same prompt
@@ -52,7 +55,8 @@ class Serve:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--samples', default=str(ROOT.parent / 'shared' / 'data' / 'navab-hk' / 'human_statement_result.json'))
+    hk = ROOT.parent / 'shared' / 'data' / 'navab-hk'
+    p.add_argument('--samples', nargs='+', default=[str(hk / 'human_statement_result.json'), str(hk / 'official_statement_result.json')])
     p.add_argument('--nation', default='CN')
     p.add_argument('--models', default='smollm2-135m,gemma3-270m')
     p.add_argument('--limit', type=int)
@@ -63,9 +67,9 @@ def main(argv=None) -> int:
     from navab.evaluate import evaluate
     from navab.backend import load_tokenizer
     from navab.stats import agreement
-    S = read_samples(a.samples, a.nation).valid
+    S = pl.concat([read_samples(f, a.nation).valid for f in a.samples], how='diagonal_relaxed')
     if a.limit: S = S.head(a.limit)
-    print(f"{len(S)} samples from {a.samples} ({a.nation})")
+    print(f"{len(S)} samples from {', '.join(a.samples)} ({a.nation})")
     rows, notes = [], []
     for model in a.models.split(','):
         tok, _ = load_tokenizer(model)

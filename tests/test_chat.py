@@ -218,6 +218,20 @@ def test_the_openai_completions_backend_takes_the_key_too(tmp_path, key, tiny_mo
     assert len(auth) >= 2 and set(auth) == {f'Bearer {KEY}'}
 
 
+def test_grid_with_a_chat_model_writes_no_key(tmp_path, key, capsys):
+    "navab grid --api-key-env: a chat model's runs, reports and index are made, and none of their files holds the key."
+    with api() as (spec, seen):
+        rc, out, err = _run(['grid', '--models', spec, '--nations', 'US', '--samples', f"US={_samples(tmp_path/'s.parquet')}", '--tasks', 'mc',
+                             '--order', 'seeded', '--api-key-env', KEY_ENV, '--out', str(tmp_path/'reports'), '--no-progress'], capsys)
+    assert rc == 0, out + err
+    assert 'run-fake-chat_chat-' in out and len(seen) == 4
+    files = [p for p in (tmp_path/'reports').rglob('*') if p.is_file()]
+    assert any(p.suffix == '.html' for p in files) and any(p.name == 'summary.json' for p in files)
+    assert not [p for p in files if KEY.encode() in p.read_bytes()], 'the API key was written to a file'
+    s = json.loads(next(p for p in files if p.name == 'summary.json').read_text())
+    assert (s['scoring_kind'], s['config']['api_key_env']) == ('label-logprob', KEY_ENV)
+
+
 # ---- real: navab serve's chat endpoint over the embedded SmolLM2, a few real HK samples ----
 
 def _free_port():
