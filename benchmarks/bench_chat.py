@@ -7,16 +7,18 @@ Usage:  OMP_NUM_THREADS=1 PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchma
 The samples: the two final files of ../shared/data/navab-hk (human_statement_result.json, 35 quoted samples, and
 official_statement_result.json, 39 official ones after its one quarantined row): 74 HK samples, nation CN.
 
-For each model: `evaluate` MC (seeded order, answer scoring, seed 0) in process (hf, `loglik`: the prompt, then the
+For each model: `evaluate` MC (`--order`, default seeded; answer scoring; seed 0) in process (hf, `loglik`: the prompt, then the
 label's log-likelihood), and for models with a chat template also hf in that template (`loglik-chat`: the same prompt
 as one user turn); then a real `navab serve` process on 127.0.0.1 and `evaluate` through `chat+http://...#model` with
 chat scoring `label-logprob` (the first answer token's top 20) and `generation` (a 16-token answer, its letter parsed).
 A model without a chat template is first asked as it is (the 400 is printed), then served with
 `--chat-template benchmarks/gemma3_chat_template.jinja` (Gemma's turn format). Fresh run folders under
-benchmarks/out/chat/ (nothing cached). Results: benchmarks/out/bench_chat.json and a table on stdout: n, accuracy with
+benchmarks/out/chat/ (nothing cached). Results: benchmarks/out/bench_chat-ORDER.json and a table on stdout: n, accuracy with
 its 95% bootstrap CI, ties (loglik), answers missing a letter from the top 20 (label-logprob), unparsed answers
 (generation), and the decision agreement with the hf loglik run (share of samples with the same decision, a tie or an
-unparsed answer counting as a decision of its own; Cohen's kappa), with wall seconds.
+unparsed answer counting as a decision of its own; Cohen's kappa), the Pearson correlation of the per-sample margins
+with the loglik run's (not for generation, whose margins are not log-probs), the most frequent letter and its share,
+position consistency (--order both), and wall seconds.
 
 Measured: see the chat chapter (nbs/04e_chat.ipynb, "Measured") for the table this prints.
 """
@@ -60,6 +62,7 @@ def main(argv=None) -> int:
     p.add_argument('--nation', default='CN')
     p.add_argument('--models', default='smollm2-135m,gemma3-270m')
     p.add_argument('--limit', type=int)
+    p.add_argument('--order', default='seeded', choices=('seeded', 'both'), help="MC's option order: seeded, or both (S as A and as B, the decision debiased)")
     a = p.parse_args(argv)
     import httpx
     import polars as pl
@@ -75,10 +78,10 @@ def main(argv=None) -> int:
         tok, _ = load_tokenizer(model)
         runs = {}
         def run(kind, spec, **kw):
-            out = OUT / 'chat' / f'{model}-{kind}'
+            out = OUT / 'chat' / f'{model}-{a.order}-{kind}'
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.time()
-            s = evaluate(S, spec, out, progress=False, seed=0, **kw)
+            s = evaluate(S, spec, out, progress=False, seed=0, order=a.order, **kw)
             runs[kind] = (s, pl.read_parquet(out / 'scores.parquet'), round(time.time() - t0, 1))
             print(f"  {model} {kind}: accuracy {s['accuracy']:.3f} in {runs[kind][2]} s", flush=True)
         run('loglik', model)
@@ -95,24 +98,26 @@ def main(argv=None) -> int:
             spec = f'chat+{sv.url}/v1#{model}'
             run('label-logprob', spec, chat_scoring='label-logprob')
             run('generation', spec, chat_scoring='generation')
-        base = runs['loglik'][1].select('sample_id', pl.col('pred').alias('ref'))
+        base = runs['loglik'][1].select('sample_id', pl.col('pred').alias('ref'), pl.col('margin').alias('ref_margin'))
         for kind, (s, sc, wall) in runs.items():
-            j = base.join(sc.select('sample_id', 'pred'), on='sample_id', how='inner')
+            j = base.join(sc.select('sample_id', 'pred', 'margin'), on='sample_id', how='inner')
+            r_ = j.select(pl.corr('ref_margin', 'margin'))[0, 0] if kind != 'generation' else None   # generation margins are +-NOT_CHOSEN, not log-probs
             ag = agreement(j['ref'].fill_null('tie').to_list(), j['pred'].fill_null('none').to_list())
             rows.append(dict(model=model, kind=kind, scoring_kind=s['scoring_kind'], n=s['n'], accuracy=s['accuracy'], ci_low=s['ci_low'], ci_high=s['ci_high'],
-                             ties=s['n_ties'], bounded=s.get('n_answers_bounded'), unparsed=s.get('n_unparsed'),
+                             order=a.order, margin_r=r_, ties=s['n_ties'], bounded=s.get('n_answers_bounded'), unparsed=s.get('n_unparsed'),
                              unparsed_examples=s.get('unparsed_examples'), agreement=ag['agreement'], kappa=ag['kappa'],
                              both_decided=int((j['ref'].is_not_null() & j['pred'].is_not_null()).sum()),
-                             top_letter=s.get('top_letter'), top_letter_share=s.get('top_letter_share'), api=s.get('api'), wall_s=wall))
+                             top_letter=s.get('top_letter'), top_letter_share=s.get('top_letter_share'), consistency=(s.get('position_consistency') or {}).get('estimate'), api=s.get('api'), wall_s=wall))
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / 'bench_chat.json').write_text(json.dumps(dict(samples=a.samples, nation=a.nation, n=len(S), rows=rows, notes=notes,
+    (OUT / f'bench_chat-{a.order}.json').write_text(json.dumps(dict(samples=a.samples, nation=a.nation, order=a.order, n=len(S), rows=rows, notes=notes,
                                                          load=os.getloadavg()), indent=1, default=str))
     print(f"\n{'model':<13} {'scoring':<14} {'n':>3}  {'accuracy [95% CI]':<22} {'ties':>4} {'no-letter':>9} {'unparsed':>8}  "
-          f"{'agree w/ loglik':>15} {'kappa':>6}  {'top letter':<10} {'wall s':>6}")
+          f"{'agree w/ loglik':>15} {'kappa':>6} {'margin r':>8}  {'top letter':<10} {'consist.':>8} {'wall s':>6}")
     for r in rows:
         na = lambda x: '-' if x is None else str(x)
         print(f"{r['model']:<13} {r['kind']:<14} {r['n']:>3}  {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  {r['ties']:>4} {na(r['bounded']):>9} "
-              f"{na(r['unparsed']):>8}  {r['agreement']:>15.3f} {r['kappa']:>6.3f}  {na(r['top_letter'])} {r['top_letter_share'] or 0:.0%}   {r['wall_s']:>6}")
+              f"{na(r['unparsed']):>8}  {r['agreement']:>15.3f} {r['kappa']:>6.3f} {'-' if r['margin_r'] is None else format(r['margin_r'], '.3f'):>8}  "
+              f"{na(r['top_letter'])} {r['top_letter_share'] or 0:.0%}  {'-' if r['consistency'] is None else format(r['consistency'], '.3f'):>8} {r['wall_s']:>6}")
     for n in notes: print(n)
     return 0
 
