@@ -152,7 +152,7 @@ def pairs_hash(pairs: pl.DataFrame) -> str:
 def trainable(model: str) -> str:
     "The path of a model's weights that DPO can load (embedded: the converted cache folder); a clear error for models it cannot train."
     from navab.models import convert_embedded
-    if re.match(r'https?://', str(model)): raise ValueError(f"{model}: a server URL cannot be trained: give the weights (an embedded name, a local folder or an HF id)")
+    if re.match(r'(chat\+)?https?://', str(model)): raise ValueError(f"{model}: a server URL cannot be trained: give the weights (an embedded name, a local folder or an HF id)")
     ref = resolve(model)
     if ref.kind == 'adapter': raise ValueError(f"{model}: an aligned adapter folder: align its base model instead (navab_align.json names it)")
     path = str(convert_embedded(model)) if ref.kind == 'embedded' else ref.path

@@ -62,8 +62,9 @@ def heading(text: str, level: int = 2):
 
 # %% ../nbs/06a_analysis.ipynb #a38cb8f2
 def label(model: str) -> str:
-    "A model's display name: its embedded/hub name, the folder name of a local model (or of any absolute path), or a server's served name (`http(s)://...#name`)."
+    "A model's display name: its embedded/hub name, the folder name of a local model (or of any absolute path), or a server's served name (`http(s)://...#name`; `name (chat)` for `chat+http(s)://...#name`)."
     if str(model).startswith(('http://', 'https://')) and '#' in str(model): return str(model).split('#', 1)[1]
+    if str(model).startswith('chat+http') and '#' in str(model): return str(model).split('#', 1)[1] + ' (chat)'   # apart from the same model's loglik runs
     p = Path(str(model)).expanduser()
     return p.name if p.is_dir() or p.is_absolute() else str(model)
 

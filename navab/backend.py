@@ -55,9 +55,9 @@ class HFBackend(Backend):
 _REMOTE = re.compile(r'(https?://[^#\s]+?)/?(?:#([^@\s]*)(?:@(\S+))?)?$')
 
 def parse_remote(spec) -> tuple | None:
-    "`(base URL ending in /v1, served name or None, revision or None)` for `http(s)://host:port[/v1][#name[@revision]]`; None for any other model name."
-    if not isinstance(spec, str) or not re.match(r'https?://', spec): return None
-    m = _REMOTE.match(spec.strip())
+    "`(base URL ending in /v1, served name or None, revision or None)` for `[chat+]http(s)://host:port[/v1][#name[@revision]]`; None for any other model name."
+    if not isinstance(spec, str) or not re.match(r'(chat\+)?https?://', spec): return None
+    m = _REMOTE.match(spec.strip().removeprefix('chat+'))      # chat+: the chat chapter's backend, same address
     if not m: raise ValueError(f"{spec}: not a server model name (http(s)://host:port/v1#served-name[@revision])")
     url = m.group(1)
     return (url if url.endswith('/v1') else url + '/v1'), m.group(2) or None, m.group(3)
@@ -502,15 +502,19 @@ OpenAIBackend.score = _openai_score
 
 # %% ../nbs/04d_backend.ipynb #d705a11c
 def is_remote(model) -> bool:
-    "Whether a model name names a server (`http(s)://...`)."
-    return isinstance(model, str) and bool(re.match(r'https?://', model))
+    "Whether a model name names a server (`http(s)://...`, or a chat API `chat+http(s)://...`)."
+    return isinstance(model, str) and bool(re.match(r'(chat\+)?https?://', model))
 
 def get_backend(model, config=None, **kw) -> Backend:
-    "The backend for a model under one run configuration: `http(s)://host:port/v1#served-name[@revision]` -> openai, anything else -> hf in this process."
+    "The backend for a model under one run configuration: `http(s)://host:port/v1#served-name[@revision]` -> openai, `chat+http(s)://...` -> chat, anything else -> hf in this process."
     if isinstance(model, Backend): return model
     if isinstance(model, tuple): return HFBackend(None, loaded=model)
     cfg = RunConfig.of(config, **{k: kw.pop(k) for k in list(kw) if k in RunConfig.__dataclass_fields__})   # device, dtype, tokenizer, concurrency, timeout, ...
-    if is_remote(model): return OpenAIBackend(model, tokenizer=cfg.tokenizer, concurrency=cfg.concurrency, timeout=cfg.timeout, **kw)   # kw: retries, api_key, ...
+    if is_remote(model):
+        from navab.chat import chat_backend, api_key, is_chat   # the chat chapter (after this one): chat+http(s) names; the key --api-key-env names
+        kw.setdefault('api_key', api_key(cfg.api_key_env)); kw.setdefault('timeout', cfg.timeout)
+        if is_chat(model): return chat_backend(model, cfg, **kw)
+        return OpenAIBackend(model, tokenizer=cfg.tokenizer, concurrency=cfg.concurrency, **kw)   # kw: retries, timeout, api_key, ...
     if kw: raise TypeError(f"get_backend: {', '.join(kw)} apply to server models only, not {model!r}")
     cfg = cfg.resolved()
     return HFBackend(model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)

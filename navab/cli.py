@@ -13,10 +13,12 @@ from .settings import load_settings, cache_dir, repo_root
 from .schema import write_table, atomic_write, problems
 from .data import KINDS, check_file, read_opinions, read_samples, show_check
 from .stats import compare_runs
+from .chat import server_args, server_options
 from .models import EMBEDDED, model_rows, convert_embedded, load_model, resolve, sentence_logprob, SENTENCES, is_cached, device_args
 
 # %% auto #0
-__all__ = ['CHAPTER_COMMANDS', 'cmd_data_check', 'cmd_models', 'cmd_evaluate', 'cmd_compare', 'cmd_serve', 'parser', 'main']
+__all__ = ['CHAPTER_COMMANDS', 'cmd_data_check', 'cmd_models', 'chat_notes', 'cmd_evaluate', 'cmd_compare', 'cmd_serve', 'parser',
+           'main']
 
 # %% ../nbs/11_cli.ipynb #ae0bf38f
 def cmd_data_check(a) -> int:
@@ -50,6 +52,14 @@ def cmd_models(a) -> int:
             print(json.dumps(info.__dict__, indent=1))
     return 0
 
+# %% ../nbs/11_cli.ipynb #85ce52b4
+def chat_notes(s: dict) -> str:
+    "A chat run's flags for the one-line result: labels bounded, answers unparsed, requests and tokens."
+    n = [f"{s['n_answers_bounded']} answers missing a letter in their top log-probs" if s.get('n_answers_bounded') else '',
+         f"{s['n_unparsed']} answers unparsed" if s.get('n_unparsed') else '',
+         f"{s['api']['requests']} requests, {s['api']['prompt_tokens'] + s['api']['completion_tokens']} tokens" if s.get('api') else '']
+    return ''.join(f'; {x}' for x in n if x)
+
 # %% ../nbs/11_cli.ipynb #48dc718d
 def cmd_evaluate(a) -> int:
     "navab evaluate: score one model on a task's samples (or items), write requests, scores, summary; exit 1 if rows were quarantined."
@@ -60,10 +70,12 @@ def cmd_evaluate(a) -> int:
     c = t.load(a.samples, a.nation) if t.load else read_samples(a.samples, a.nation)
     show_check(c, a.out)
     s = evaluate(c.valid, a.model, a.out, task=t, options=_pairs(a.option, option_value, '--option'), scoring=a.scoring, norm=a.norm, order=a.order, chat=a.chat or None, max_new_tokens=a.max_new_tokens,
-                 batch_size=a.batch_size, limit=a.limit, seed=a.seed, judge=a.judge, dtype=a.dtype, device=a.device, tokenizer=a.tokenizer, concurrency=a.concurrency, timeout=a.request_timeout)
+                 batch_size=a.batch_size, limit=a.limit, seed=a.seed, judge=a.judge, dtype=a.dtype, device=a.device, tokenizer=a.tokenizer, concurrency=a.concurrency,
+                 timeout=a.request_timeout, **server_options(a))
     extra = (f" (position-debiased; S as A {s['accuracy_by_order']['S as A']['estimate']:.3f}, S as B {s['accuracy_by_order']['S as B']['estimate']:.3f}, "
              f"consistency {s['position_consistency']['estimate']:.3f})" if s.get('accuracy_debiased') else '')
     if s.get('one_letter'): extra += f"; mostly one letter: {s['top_letter']} in {s['top_letter_share']:.0%} of decisions"
+    if s.get('scoring_kind', 'loglik') != 'loglik': extra += f"; scored by {s['scoring_kind']}{chat_notes(s)}"
     print(f"{a.model} {t.name}: n={s['n']} {t.metric}={s[t.metric]:.3f} [95% CI {s['ci_low']:.3f}, {s['ci_high']:.3f}]{extra} in {s['wall_s']} s -> {a.out}")
     if len(c.quarantine):   # the valid rows are scored and stored; the exit code still says the input was not clean
         done = f"kept, the first {a.limit} scored (--limit)" if a.limit and a.limit < len(c.valid) else 'scored'
@@ -80,18 +92,20 @@ def cmd_compare(a) -> int:
           f"  A {r['model_a']}: accuracy {r['acc_a']:.3f}\n  B {r['model_b']}: accuracy {r['acc_b']:.3f}\n"
           f"  A - B = {r['diff']:+.3f} [95% paired-bootstrap CI {r['diff_ci_low']:+.3f}, {r['diff_ci_high']:+.3f}]\n"
           f"  exact McNemar: A right only {r['only_a']}, B right only {r['only_b']}, p = {r['p_value']:.4g}")
+    if r['scoring_a'] != r['scoring_b']:   # a chat model's label log-probs or generated letters are another measurement than log-likelihoods
+        print(f"  note: A was scored by {r['scoring_a']}, B by {r['scoring_b']}: different measurements, compare with care")
     return 0
 
 # %% ../nbs/11_cli.ipynb #b9c5e2c9
 def cmd_serve(a) -> int:
-    "navab serve: refuse an open non-loopback host, bind the port, load the model, then serve /v1/completions until interrupted."
+    "navab serve: refuse an open non-loopback host, bind the port, load the model, then serve /v1/completions and /v1/chat/completions until interrupted."
     import os
     from navab.serve import serve, Limits
     key = a.api_key or os.environ.get('NAVAB_SERVE_API_KEY') or None
     limits = Limits(max_body_mb=a.max_body_mb, max_prompts=a.max_prompts, max_prompt_tokens=a.max_prompt_tokens, max_tokens=a.max_tokens_cap,
                     timeout_s=a.timeout)
     serve(a.model, a.host, a.port, api_key=key, insecure=a.insecure, dtype=a.dtype, device=a.device, batch_size=a.batch_size,
-          served_name=a.served_name, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, limits=limits)
+          served_name=a.served_name, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, limits=limits, chat_template=a.chat_template)
     return 0
 
 # %% ../nbs/11_cli.ipynb #8f4d4580
@@ -131,10 +145,12 @@ def parser() -> argparse.ArgumentParser:
                    'the config names the nation), a NaVAB release JSON (needs --nation), a navab samples file, a folder of them (<NATION>/samples.parquet: '
                    'its --nation part, else all), or GlobalOpinionQA for --task opinions (a file or saved dataset in the long or '
                    'the released form, or Anthropic/llm_global_opinions)')
-    e.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision]')
+    e.add_argument('--model', required=True, help='an embedded name, a local folder, an HF id, or a server: http(s)://host:port/v1#served-name[@revision] '
+                   '(a completions server), chat+http(s)://host:port/v1#served-name (a chat API)')
     e.add_argument('--tokenizer', help="a server model's tokenizer (HF id or folder; default: the served name)")
     e.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
     e.add_argument('--timeout', '--request-timeout', dest='request_timeout', type=float, default=60, help='seconds a server may take to answer one request (default 60)')
+    server_args(e)
     e.add_argument('--task', '--method', dest='task', default='mc', help='the task (navab tasks lists them; --method is its old name): mc, aj, pref, opinions, ...')
     e.add_argument('--order', help="option order of the task: MC's seeded (default), s_first, rs_first or both (S as A and as B, position-debiased); "
                    "culturalbench's rotate (default, = both), given or seeded")
@@ -154,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument('--model', default='smollm2-135m'); sv.add_argument('--port', type=int, default=8000)
     sv.add_argument('--host', default='127.0.0.1', help='the address to bind (default 127.0.0.1: this machine only)')
     sv.add_argument('--served-name', help='the model name clients send and /v1/models lists (default: --model as given; name a folder here to keep its path private)')
+    sv.add_argument('--chat-template', help="a Jinja chat template (or its file) for /v1/chat/completions, for a model without one of its own")
     sv.add_argument('--batch-size', type=int, default=16, help="the engine's forward batch (prompts per forward pass)")
     sv.add_argument('--max-batch', type=int, default=64, help='concurrent echo requests gathered into one engine call, up to N prompts')
     sv.add_argument('--batch-wait-ms', type=float, default=5.0, help='how long the first request waits for others to join its batch')

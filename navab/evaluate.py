@@ -14,6 +14,7 @@ from .schema import atomic_write, validate_frame
 from .models import RunConfig
 from .stats import bootstrap_ci
 from .backend import get_backend
+from .chat import scoring_record
 from .tasks import Run, Task, get_task, task_names, load_templates
 from .tasks import (s_first, mc_prompts, mc_requests, decide, decide_both, aj_answer_prompts, pref_texts, pref_prompts, pref_requests,
                          opinion_prompts, opinion_scores, SCORINGS, NORMS, PREF_LABELS, _tmpl, _chat)   # their old home: `navab.evaluate.X` still works
@@ -46,7 +47,8 @@ def _write_json(path, d) -> Path:
     "Write a dict as pretty JSON, atomically."
     return atomic_write(path, lambda t: t.write_text(json.dumps(d, indent=1, ensure_ascii=False, default=str), encoding='utf-8'))
 
-_REQ_COLS = ('sample_id', 'stage', 'order', 'option', 'context', 'continuation', 'logprob', 'n_tokens', 'is_greedy')
+_REQ_COLS = ('sample_id', 'stage', 'order', 'option', 'context', 'continuation', 'logprob', 'n_tokens', 'is_greedy',
+             'scoring', 'label_bounded', 'unparsed', 'answer')   # the last four: a chat backend's (the chat chapter)
 
 def _with_ci(task: Task, sc: pl.DataFrame, summ: dict, seed: int) -> dict:
     "A task's summary with n, and its metric's bootstrap 95% CI over the per-sample column when the task gave none."
@@ -61,11 +63,13 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
              judge: str | None = None, templates: dict | None = None, progress: bool = True, method: str | None = None, options: dict | None = None,
              scoring: str | None = None, norm: str | None = None, order: str | None = None, chat: bool | None = None, max_new_tokens: int | None = None,
              batch_size: int | None = None, seed: int | None = None, dtype: str | None = None, device: str | None = None,
-             tokenizer: str | None = None, concurrency: int | None = None, cache: str | Path | None = None, timeout: float | None = None) -> dict:
+             tokenizer: str | None = None, concurrency: int | None = None, cache: str | Path | None = None, timeout: float | None = None,
+             api_key_env: str | None = None, rpm: float | None = None, tpm: float | None = None, max_requests: int | None = None, chat_scoring: str | None = None) -> dict:
     "Evaluate `model` (a name, a server URL `http(s)://host:port/v1#name`, or a backend) on samples with a task; write requests/scores/summary to `out`."
     t0 = time.time()
     T_ = get_task(method or task)
-    cfg = RunConfig.of(config, batch_size=batch_size, seed=seed, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency, timeout=timeout).resolved()
+    cfg = RunConfig.of(config, batch_size=batch_size, seed=seed, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency, timeout=timeout,
+                       api_key_env=api_key_env, rpm=rpm, tpm=tpm, max_requests=max_requests, chat_scoring=chat_scoring).resolved()
     given = dict(scoring=scoring, norm=norm, order=order, chat=chat, max_new_tokens=max_new_tokens)
     opts = T_.check({**{k: v for k, v in given.items() if k in T_.options}, **(options or {})})
     params = {**dict(scoring='answer', norm='none'), **(T_.params(opts) if T_.params else {})}   # a bad option value fails here, before a model loads
@@ -73,10 +77,12 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
     if limit: samples = samples.head(limit)
     if not len(samples): raise ValueError("no samples to evaluate")
     B = get_backend(model, cfg)              # hf in process, or openai over HTTP: the same calls, one configuration
+    if hasattr(B, 'check_task'): B.check_task(T_, opts)   # a chat API refuses, before any request, what it cannot answer
     if opts.get('chat') == 'auto': opts['chat'] = bool(getattr(B.tok, 'chat_template', None))   # the model's chat template when it has one
     needs_judge = any(s.judge for s in T_.steps)
     J = get_backend(judge, cfg) if needs_judge and judge and judge != model else B
     run = Run(templates or load_templates(), cfg.seed, opts, B.tok, J.tok)
+    api0 = B.stats() if hasattr(B, 'stats') else None     # a chat API's counts before this run
     req = run_steps(T_, samples, B, run, out, J, cfg.batch_size, progress, cache)
     sc = T_.decide(samples, run).with_columns(pl.lit(B.name).alias('model'), pl.lit(T_.name).alias('method'))
     if {'gold', 'correct'} <= set(sc.columns):
@@ -88,7 +94,7 @@ def evaluate(samples: pl.DataFrame, model, out: str | Path, task='mc', config: R
     atomic_write(out/'requests.parquet', lambda t: req.select(cols).write_parquet(t))
     atomic_write(out/'scores.parquet', lambda t: sc.write_parquet(t))
     summ = dict(summ, model=B.name, model_hash=B.info.hash, backend=B.kind, dtype=B.info.dtype, device=B.info.device, method=T_.name,
-                **params, chat=bool(opts.get('chat', False)), seed=cfg.seed,
+                **params, chat=bool(opts.get('chat', False)), seed=cfg.seed, **scoring_record(T_, B, req, J, api0),
                 task=T_.info(), options=opts, config=cfg.as_dict(), navab_version=__version__, n_requests=len(req), wall_s=round(time.time() - t0, 2))
     _write_json(out/'summary.json', summ)
     return summ

@@ -16,6 +16,7 @@ from .reports import REPORTS, write_index
 from .executor import _local_grid, _ray_grid
 from .runs import GRID_EXTRAS, file_hash
 from .analysis import public_path
+from .chat import server_args, server_options
 
 
 # %% auto #0
@@ -129,7 +130,7 @@ def cmd_grid(a) -> int:
                    not a.no_progress, a.aj_limit, a.max_new_tokens, a.opinions, not a.show_input, S.path, a.timeout,
                    robust_limit=a.robustness_limit, opinions_limit=a.opinions_limit, executor=a.executor, address=a.address,
                    gpus_per_run=a.gpus_per_run, retries=a.retries, device=a.device, dtype=a.dtype,
-                   backend=dict(tokenizer=a.tokenizer, concurrency=a.concurrency, timeout=a.request_timeout),
+                   backend=dict(tokenizer=a.tokenizer, concurrency=a.concurrency, timeout=a.request_timeout, **server_options(a)),   # the key's variable's name, not the key
                    align_options=dict(steps=a.align_steps) if a.align_steps else None, options={**({'order': a.order} if a.order else {}), **_pairs(a.option, option_value, '--option')} or None,
                    limits=_pairs(a.limit_of, int, '--limit-of'), data=_pairs(a.data, str, '--data'))
     recs = json.loads((Path(a.out)/'grid.json').read_text())['records']
@@ -143,10 +144,12 @@ def cmd_grid(a) -> int:
 def add_cli(sub):
     "Add `navab grid` and `navab plan` to the CLI's subcommands."
     p = sub.add_parser('grid', help='evaluate every model x nation, run the papermill reports, publish HTML and index.html')
-    p.add_argument('--models', help='comma-separated models, servers too: http(s)://host:port/v1#served-name (default: settings [grid] models)')
+    p.add_argument('--models', help='comma-separated models, servers too: http(s)://host:port/v1#served-name, chat+http(s)://host:port/v1#served-name '
+                   '(default: settings [grid] models)')
     p.add_argument('--tokenizer', help="the served models' tokenizer (HF id or folder; default: each served name)")
     p.add_argument('--concurrency', type=int, default=8, help='requests in flight to a server (default 8)')
     p.add_argument('--request-timeout', type=float, default=60, help='seconds a server may take to answer one request (default 60)')
+    server_args(p)
     p.add_argument('--nations', help='comma-separated nation codes (default: settings [grid] nations)')
     p.add_argument('--samples', nargs='*', default=[], help='NATION=PATH pairs (repeatable per nation), folders holding <NATION>/samples.parquet, or the released NaVAB by name '
                    '(JadenGGGeee/NaVAB[:CONFIG[/SPLIT]]: every nation it holds, unless --nations says otherwise)')

@@ -231,7 +231,7 @@ def device_args(p, dtype_default: str = 'auto'):
 # %% ../nbs/03_models.ipynb #c6d17972
 @dataclass(frozen=True)
 class RunConfig:
-    "How a run executes, resolved once and passed as one value: device, dtype, batch size, tokenizer, concurrency, timeout, seed."
+    "How a run executes, resolved once and passed as one value: device, dtype, batch size, tokenizer, concurrency, timeout, seed, a server's key variable and limits."
     device: str = 'auto'
     dtype: str = 'auto'
     batch_size: int = 16
@@ -240,6 +240,11 @@ class RunConfig:
     timeout: float = 60            # seconds a server may take to answer one request
     seed: int = 0
     trust_remote_code: bool = False
+    api_key_env: str | None = None     # a server's API key: the NAME of the environment variable that holds it (the key is never stored)
+    rpm: float | None = None           # client-side limits on a chat API: requests and tokens per minute
+    tpm: float | None = None
+    max_requests: int | None = None    # a chat API's budget of requests per run (what was answered is cached; a rerun goes on)
+    chat_scoring: str = 'auto'         # how a chat API scores MC: auto, label-logprob or generation (the chat chapter)
 
     @classmethod
     def of(cls, config=None, **kw) -> 'RunConfig':

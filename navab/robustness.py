@@ -139,7 +139,7 @@ def _as_variations(variations) -> list:
 def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, seed: int = 0, limit: int | None = None,
                batch_size: int = 16, dtype: str = 'auto', cache: str | Path | None = None, templates: dict | None = None,
                n_permutations: int = 10_000, progress: bool = True, device: str = 'auto',
-               tokenizer: str | None = None, concurrency: int = 8, timeout: float | None = None) -> dict:
+               tokenizer: str | None = None, concurrency: int = 8, timeout: float | None = None, **server) -> dict:
     "Re-score `samples` with `model` (a name, a server URL, a backend or `(model, tok, info)`) under each variation; write variations/flips/summary to `out`."
     from tqdm.auto import tqdm
     from navab.evaluate import run_steps, load_templates
@@ -154,7 +154,7 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
     if samples['id'].n_unique() != len(samples): raise ValueError("samples: field 'id': duplicate sample ids (check the input with navab data check)")
     T = templates or load_templates()
     from navab.models import RunConfig
-    cfg = RunConfig.of(dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency, timeout=timeout, batch_size=batch_size, seed=seed).resolved()
+    cfg = RunConfig.of(dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency, timeout=timeout, batch_size=batch_size, seed=seed, **server).resolved()   # server: api_key_env, rpm, tpm, max_requests, chat_scoring
     B = get_backend(str(model) if isinstance(model, Path) else model, cfg)
     tok, info = B.tok, B.info
     rows, dec, costs = [], {}, {}

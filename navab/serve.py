@@ -17,10 +17,11 @@ from .score import token_logprobs
 log = logging.getLogger('navab.serve')
 
 # %% auto #0
-__all__ = ['log', 'COMPLETION_FIELDS', 'Limits', 'RequestError', 'field_int', 'field_number', 'field_bool', 'check_text',
-           'check_prompts', 'check_stop', 'completion_params', 'Cancelled', 'Job', 'Batcher', 'encode_prompt',
-           'echo_choices', 'encode_prompts', 'key_ok', 'Guard', 'json_body', 'wait_job', 'install_guard', 'make_app',
-           'Server', 'is_loopback', 'check_host', 'bind', 'serve']
+__all__ = ['log', 'COMPLETION_FIELDS', 'CHAT_MAX_TOKENS', 'CHAT_TOP_LOGPROBS', 'Limits', 'RequestError', 'field_int',
+           'field_number', 'field_bool', 'check_text', 'check_prompts', 'check_stop', 'completion_params', 'Cancelled',
+           'Job', 'Batcher', 'chat_params', 'token_bytes', 'chat_generate', 'chat_choice', 'add_chat_route',
+           'encode_prompt', 'echo_choices', 'encode_prompts', 'key_ok', 'Guard', 'json_body', 'wait_job',
+           'install_guard', 'make_app', 'Server', 'is_loopback', 'check_host', 'bind', 'serve']
 
 # %% ../nbs/04c_serve.ipynb #1c6ccbdc
 @dataclass
@@ -275,6 +276,148 @@ class Batcher:
                 elif self.pending: self._score_once()
             except Exception: log.exception('navab serve: the batcher failed (it goes on)')
 
+# %% ../nbs/04c_serve.ipynb #d69ad95f
+CHAT_MAX_TOKENS = 1024   # the most tokens one chat answer may ask for
+CHAT_TOP_LOGPROBS = 20   # OpenAI's limit on top_logprobs
+_ROLES = ('system', 'user', 'assistant')
+_TURN_ENDS = ('<|im_end|>', '<end_of_turn>', '<|eot_id|>', '<|end|>', '<|endoftext|>')
+_IGNORED = ('user', 'metadata', 'store', 'stream_options', 'service_tier')
+
+def _int_field(req: dict, name: str, lo: int, hi: int, default=None):
+    "An integer field of a request in lo..hi (not a bool, not a string): its value, or `default` when absent; a ValueError naming it."
+    v = req.get(name)
+    if v is None: return default
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi: raise ValueError(f"{name} must be an integer from {lo} to {hi}, not {v!r}")
+    return v
+
+def chat_params(req: dict) -> dict:
+    "The checked fields of a chat completions request: messages, max_tokens, temperature, seed, logprobs, top_logprobs, stop; a ValueError naming the first bad field."
+    if not isinstance(req, dict): raise ValueError("the body must be a JSON object")
+    bad = [k for k in req if k not in ('model', 'messages', 'max_tokens', 'max_completion_tokens', 'temperature', 'seed', 'logprobs', 'top_logprobs',
+                                       'stop', 'n', 'stream', 'top_p', 'presence_penalty', 'frequency_penalty', *_IGNORED)]
+    if bad: raise ValueError(f"{bad[0]}: navab serve does not take this field")
+    ms = req.get('messages')
+    if not isinstance(ms, list) or not ms: raise ValueError("messages must be a non-empty list of {role, content}")
+    msgs = []
+    for i, m in enumerate(ms):
+        if not isinstance(m, dict) or m.get('role') not in _ROLES: raise ValueError(f"messages[{i}].role must be one of {', '.join(_ROLES)}")
+        c = m.get('content')
+        if isinstance(c, list) and all(isinstance(p, dict) and p.get('type') == 'text' and isinstance(p.get('text'), str) for p in c):
+            c = ''.join(p['text'] for p in c)                  # content parts: text ones only
+        if not isinstance(c, str): raise ValueError(f"messages[{i}].content must be a string (or a list of text parts)")
+        try: c.encode('utf-8')
+        except UnicodeEncodeError: raise ValueError(f"messages[{i}].content is not valid Unicode text (a lone surrogate)") from None
+        msgs.append({'role': m['role'], 'content': c})
+    if req.get('max_tokens') is not None and req.get('max_completion_tokens') is not None: raise ValueError("max_tokens: give it or max_completion_tokens, not both")
+    k = _int_field(req, 'max_tokens', 1, CHAT_MAX_TOKENS) or _int_field(req, 'max_completion_tokens', 1, CHAT_MAX_TOKENS, 128)
+    t = req.get('temperature', 0)
+    t = 0 if t is None else t
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 2: raise ValueError(f"temperature must be a number from 0 to 2, not {t!r}")
+    seed = _int_field(req, 'seed', 0, 2**63 - 1)
+    if t > 0 and seed is None: raise ValueError("seed: sampling (temperature > 0) needs a seed, so answers can be reproduced")
+    for f, ok in (('n', 1), ('top_p', 1), ('presence_penalty', 0), ('frequency_penalty', 0)):
+        v = req.get(f)
+        if v is not None and (isinstance(v, bool) or v != ok): raise ValueError(f"{f}: navab serve takes only {ok}, not {v!r}")
+    if req.get('stream') not in (None, False): raise ValueError(f"stream: navab serve does not stream (got {req.get('stream')!r})")
+    lp = req.get('logprobs')
+    if lp is not None and not isinstance(lp, bool): raise ValueError(f"logprobs must be true or false, not {lp!r}")
+    top = _int_field(req, 'top_logprobs', 0, CHAT_TOP_LOGPROBS, 0)
+    if top and not lp: raise ValueError("top_logprobs needs logprobs: true")
+    stop = req.get('stop')
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None and (not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop)):
+        raise ValueError("stop must be a non-empty string or a list of up to 4 of them")
+    return dict(messages=msgs, max_tokens=k, temperature=float(t), seed=seed or 0, logprobs=bool(lp), top_logprobs=top, stop=stop or [])
+
+# %% ../nbs/04c_serve.ipynb #ded30488
+def _byte_decoder() -> dict:
+    "GPT-2's byte-level alphabet back to bytes (its character for each of the 256 byte values)."
+    bs = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) + list(range(ord('®'), ord('ÿ') + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs: bs.append(b); cs.append(256 + n); n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+_BYTES = _byte_decoder()
+
+def token_bytes(tok, tid: int) -> list:
+    "The raw UTF-8 bytes of one token (a byte-level BPE piece, a `<0xNN>` byte token or a `▁` piece), as OpenAI's `bytes` lists them."
+    import re
+    s = tok.convert_ids_to_tokens(int(tid))
+    if s is None: return []
+    if m := re.fullmatch(r'<0x([0-9A-Fa-f]{2})>', s): return [int(m.group(1), 16)]
+    if tid not in tok.all_special_ids and s and all(ch in _BYTES for ch in s) and not '▁' in s: return [_BYTES[ch] for ch in s]
+    return list(tok.decode([int(tid)]).encode('utf-8'))
+
+# %% ../nbs/04c_serve.ipynb #15af7766
+def _turn_ends(m, tok) -> set:
+    "Token ids that end an assistant's turn: the tokenizer's and generation config's end tokens and the usual chat-template turn ends."
+    ids = {tok.eos_token_id} | set(tok.convert_tokens_to_ids([t for t in _TURN_ENDS if t in tok.get_vocab()]))
+    e = getattr(getattr(m, 'generation_config', None), 'eos_token_id', None)
+    ids |= set(e if isinstance(e, list) else [e])
+    return {i for i in ids if isinstance(i, int)}
+
+def chat_generate(m, tok, ids: list, max_tokens: int = 16, temperature: float = 0.0, seed: int = 0, top: int = 0, stop=(), ends=None) -> dict:
+    "One answer to a prompt's token ids: greedy (or sampled, seeded) tokens with their log-probs and `top` alternatives, cut at a turn end or `stop` text."
+    import inspect, torch
+    from navab.score import _kv, _kv_out
+    ends, kv = _turn_ends(m, tok) if ends is None else ends, _kv(m)
+    g = torch.Generator().manual_seed(int(seed)) if temperature > 0 else None
+    out, finish, text = [], 'length', ''
+    with torch.inference_mode():
+        keep = {'logits_to_keep': 1} if 'logits_to_keep' in inspect.signature(m.forward).parameters else {}   # the last position's logits only
+        r = m(input_ids=torch.tensor([ids], device=m.device), use_cache=True, **keep)
+        for step in range(max_tokens):
+            lp = torch.log_softmax(r.logits[0, -1].float(), -1)
+            t = int(lp.argmax()) if g is None else int(torch.multinomial(torch.softmax(r.logits[0, -1].float().cpu() / temperature, -1), 1, generator=g))
+            if t in ends: finish = 'stop'; break
+            alts = (lambda v, i: list(zip(i.tolist(), v.tolist())))(*lp.topk(top)) if top else []
+            out.append((t, float(lp[t]), alts))
+            text = tok.decode([x[0] for x in out])
+            if hit := [text.index(s) for s in stop if s in text]:
+                cut = min(hit); finish = 'stop'
+                while out and len(tok.decode([x[0] for x in out[:-1]])) >= cut: out.pop()   # tokens wholly after the stop go
+                text = text[:cut]; break
+            if step < max_tokens - 1: r = m(input_ids=torch.tensor([[t]], device=m.device), use_cache=True, **{kv: _kv_out(r)})
+    return dict(text=text if out or finish == 'stop' else '', tokens=out, finish_reason=finish, prompt_tokens=len(ids))
+
+# %% ../nbs/04c_serve.ipynb #677a2ad8
+def chat_choice(tok, res: dict, logprobs: bool) -> dict:
+    "An answer of `chat_generate` as OpenAI's chat `choices[0]`: the message, and per token its log-prob and top alternatives (`logprobs.content`)."
+    def entry(t, lp): return dict(token=tok.decode([t]), logprob=lp, bytes=token_bytes(tok, t))
+    content = [dict(entry(t, lp), top_logprobs=[entry(a, b) for a, b in alts]) for t, lp, alts in res['tokens']]
+    return dict(index=0, message=dict(role='assistant', content=res['text']), logprobs=dict(content=content) if logprobs else None,
+                finish_reason=res['finish_reason'])
+
+def _template_text(t: str | None) -> str | None:
+    "A chat template given as Jinja text or as the path of a file holding it."
+    from pathlib import Path
+    if t and '{' not in t:
+        p = Path(t).expanduser()
+        if not p.is_file(): raise ValueError(f"--chat-template {t}: no such file (give a Jinja chat template or its file)")
+        return p.read_text(encoding='utf-8')
+    return t
+
+def add_chat_route(app, m, tok, name: str, lock, chat_template: str | None = None):
+    "Serve `/v1/chat/completions` on `app`: messages in the model's chat template (or `chat_template`), answered by `chat_generate` behind the model's lock."
+    limit = getattr(m.config.get_text_config(), 'max_position_embeddings', None)
+    template, ends = _template_text(chat_template) or getattr(tok, 'chat_template', None), _turn_ends(m, tok)
+    @app.post('/v1/chat/completions')
+    def chat_completions(req: dict):
+        if req.get('model') not in (None, name): return _error(404, f"model {req.get('model')!r} is not served here (serving {name!r})")
+        if not template: return _error(400, f"model {name!r} has no chat template, which /v1/chat/completions needs: serve it with "
+                                            "--chat-template FILE, or use /v1/completions with plain prompts")
+        try: p = chat_params(req)
+        except ValueError as e: return _error(400, str(e))
+        ids = tok(tok.apply_chat_template(p['messages'], chat_template=template, tokenize=False, add_generation_prompt=True), add_special_tokens=False).input_ids
+        if limit and len(ids) + p['max_tokens'] > limit:
+            return _error(400, f"messages: {len(ids)} prompt tokens + max_tokens {p['max_tokens']} exceed the model's {limit} positions")
+        with lock: res = chat_generate(m, tok, ids, p['max_tokens'], p['temperature'], p['seed'], p['top_logprobs'], p['stop'], ends)
+        n = len(res['tokens'])
+        return {'id': f'chatcmpl-{uuid.uuid4().hex[:12]}', 'object': 'chat.completion', 'created': int(time.time()), 'model': name,
+                'choices': [chat_choice(tok, res, p['logprobs'])], 'usage': dict(prompt_tokens=len(ids), completion_tokens=n, total_tokens=len(ids) + n)}
+    return app
+
 # %% ../nbs/04c_serve.ipynb #75bd012e
 def encode_prompt(tok, p) -> tuple:
     "`(token ids, character offsets or None, text or None)` of a prompt as the server scores it: text tokenised with the tokenizer's special tokens, ids as given."
@@ -313,6 +456,7 @@ def echo_choices(m, tok, prompts: list, max_tokens: int = 0, batch_size: int = 1
             tokens=strs, token_logprobs=[None] + lp[:n - 1] + tl[n - 1:n] * max_tokens, top_logprobs=top,
             text_offset=list(o) + [len(text)] * max_tokens)))
     return out
+
 
 # %% ../nbs/04c_serve.ipynb #bfe6ca25
 def encode_prompts(tok, prompts: list, limits: Limits, vocab: int, positions: int | None, extra: int = 0) -> list:
@@ -421,8 +565,9 @@ def _cut_more(text: str, stops: list) -> str:
 
 # %% ../nbs/04c_serve.ipynb #491f5574
 def make_app(model: str, dtype: str = 'auto', device: str = 'auto', batch_size: int = 16, served_name: str | None = None,
-             max_batch: int = 64, batch_wait_ms: float = 5.0, limits: Limits | None = None, api_key: str | None = None):
-    "A FastAPI app serving `/v1/completions` (generation, and echo + logprobs scoring, concurrent requests batched), `/v1/models` and `/health` over one model navab can load."
+             max_batch: int = 64, batch_wait_ms: float = 5.0, limits: Limits | None = None, api_key: str | None = None,
+             chat_template: str | None = None):
+    "A FastAPI app serving `/v1/completions` (generation, and echo + logprobs scoring, concurrent requests batched), `/v1/chat/completions`, `/v1/models` and `/health` over one model navab can load."
     from fastapi import FastAPI
     from starlette.concurrency import run_in_threadpool
     from navab.models import load_model
@@ -437,6 +582,7 @@ def make_app(model: str, dtype: str = 'auto', device: str = 'auto', batch_size: 
     app.state.batcher = batcher = Batcher(run, max_batch, batch_wait_ms, L.chunk_tokens)
     app.state.name, app.state.limits, app.state.info = name, L, info
     install_guard(app, L, api_key)
+    add_chat_route(app, m, tok, name, lock, chat_template)   # /v1/chat/completions (the chat section above)
 
     @app.get('/health')
     def health(): return {'status': 'ok'}

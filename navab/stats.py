@@ -56,7 +56,7 @@ def paired_bootstrap(a, b, seed: int = 0, n_resamples: int = 10_000, level: floa
 
 # %% ../nbs/05_stats.ipynb #e22846c8
 def compare_runs(run_a, run_b, seed: int = 0) -> dict:
-    "Paired comparison of two runs on their common samples: accuracies, exact McNemar, paired-bootstrap CI of the difference."
+    "Paired comparison of two runs on their common samples: accuracies, exact McNemar, paired-bootstrap CI of the difference, and how each was scored."
     ra, rb = (pl.read_parquet(Path(r)/'scores.parquet') for r in (run_a, run_b))
     j = ra.select('sample_id', pl.col('correct').alias('a')).join(rb.select('sample_id', pl.col('correct').alias('b')), on='sample_id')
     if not len(j): raise ValueError(f"{run_a} and {run_b} share no sample ids")
@@ -65,7 +65,8 @@ def compare_runs(run_a, run_b, seed: int = 0) -> dict:
     sa, sb = (json.loads((Path(r)/'summary.json').read_text()) for r in (run_a, run_b))
     mc.pop('n')
     return dict(n=len(j), model_a=sa['model'], model_b=sb['model'], method_a=sa['method'], method_b=sb['method'],
-                acc_a=float(j['a'].mean()), acc_b=float(j['b'].mean()), diff=d, diff_ci_low=lo, diff_ci_high=hi, **mc)
+                acc_a=float(j['a'].mean()), acc_b=float(j['b'].mean()), diff=d, diff_ci_low=lo, diff_ci_high=hi, **mc,
+                scoring_a=sa.get('scoring_kind', 'loglik'), scoring_b=sb.get('scoring_kind', 'loglik'))   # loglik, label-logprob or generation (the chat chapter)
 
 # %% ../nbs/05_stats.ipynb #16af9900
 def agreement(a, b) -> dict:
