@@ -368,6 +368,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'navab.jobs._study_job': ('jobs.html#_study_job', 'navab/jobs.py'),
                             'navab.jobs._study_settings': ('jobs.html#_study_settings', 'navab/jobs.py'),
                             'navab.jobs.align_job': ('jobs.html#align_job', 'navab/jobs.py'),
+                            'navab.jobs.job_config': ('jobs.html#job_config', 'navab/jobs.py'),
                             'navab.jobs.pair_job': ('jobs.html#pair_job', 'navab/jobs.py')},
             'navab.language': { 'navab.language._after_colon': ('language.html#_after_colon', 'navab/language.py'),
                                 'navab.language._en_hit': ('language.html#_en_hit', 'navab/language.py'),

@@ -64,8 +64,9 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     S = load_settings(settings); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
     _clean_partials(out)
     reports = Path(reports) if reports else REPORTS
-    from navab.models import resolve_device, resolve_dtype
-    dtype = resolve_dtype(dtype, resolve_device(device))   # concrete, so a run's key says what it was scored in
+    from dataclasses import asdict
+    from navab.models import RunConfig, resolve_device, resolve_dtype
+    cfg = RunConfig.of(backend, device=device, dtype=resolve_dtype(dtype, resolve_device(device)))   # one value; dtype concrete, so a run's key says what it was scored in
     nations = [S.nation(n).code for n in nations]
     found, notes, jobs = find_samples(nations, samples, S), [], []
     methods = list(tasks or methods)                                               # `tasks`: the newer name of `methods`
@@ -89,7 +90,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
         if not ms: continue
         jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p) if k else None, methods=list(ms), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
                       opinions_limit=opinions_limit, max_new_tokens=max_new_tokens, opinions=str(opinions) if opinions else None, template=str(reports/'run.ipynb'),
-                      no_input=no_input, timeout=timeout, device=device, dtype=dtype, backend=backend or {}, options=options or {},
+                      no_input=no_input, timeout=timeout, config=asdict(cfg), options=options or {},
                       limits=limits or {}, data={k: str(v) for k, v in (data or {}).items()}) for m in models]
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
     if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")

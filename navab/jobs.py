@@ -10,12 +10,19 @@ import json, os, time
 from pathlib import Path
 from .settings import load_settings, safe_name
 from .schema import atomic_write
+from .models import RunConfig
 from .analysis import label
 from .runs import evaluate_pair, run_key
 from .reports import execute_report
 
 # %% auto #0
-__all__ = ['ALIGN_DEFAULTS', 'pair_job', 'align_job']
+__all__ = ['ALIGN_DEFAULTS', 'job_config', 'pair_job', 'align_job']
+
+# %% ../nbs/10d_jobs.ipynb #bcf0d449
+def job_config(job: dict) -> RunConfig:
+    "A grid job's run configuration: its `config`, or for older jobs their `device`, `dtype` and `backend` fields."
+    if job.get('config') is not None: return RunConfig.of(job['config'])
+    return RunConfig.of(device=job.get('device'), dtype=job.get('dtype'), **(job.get('backend') or {}))
 
 # %% ../nbs/10d_jobs.ipynb #3d2aa96b
 def _record(out: Path, name: str) -> dict | None:
@@ -46,8 +53,8 @@ def _evaluate_job(job: dict, methods=None) -> dict:
     "Evaluate a job's model on its nation with `methods` (default: the job's own): {method: run folder}."
     return evaluate_pair(job['model'], job['nation'], job['samples'], methods or job['methods'], Path(job['out']), job.get('limit'), job.get('aj_limit'),
                          job.get('seed', 0), job.get('max_new_tokens', 32), job.get('opinions'), robust_limit=job.get('robust_limit'),
-                         opinions_limit=job.get('opinions_limit'), device=job.get('device', 'auto'), dtype=job.get('dtype', 'auto'),
-                         limits=job.get('limits'), data=job.get('data'), options=job.get('options'), **job.get('backend', {}))
+                         opinions_limit=job.get('opinions_limit'), limits=job.get('limits'), data=job.get('data'), options=job.get('options'),
+                         config=job_config(job))
 
 def _pair(job: dict) -> tuple:
     "A job's report name and the fields every record of it carries."
@@ -93,7 +100,7 @@ def align_job(job: dict) -> dict:
     out, model, nation = Path(job['out']), job['model'], job['nation']
     name, base = _align_name(job)
     d = out/'align'/safe_name(label(model))/nation
-    opts = {**ALIGN_DEFAULTS, 'device': job.get('device') or 'auto', **(job.get('align_options') or {})}   # the grid's --device, unless the options say
+    opts = {**ALIGN_DEFAULTS, 'device': job_config(job).device, **(job.get('align_options') or {})}   # the grid's --device, unless the options say
     try: align(job['samples'], model, nation, d, seed=job.get('seed', 0), progress=False, log=lambda *a: None, **opts)
     except Exception as e:
         msg = f"align: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"

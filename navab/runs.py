@@ -12,6 +12,7 @@ from . import __version__
 from .settings import load_settings, repo_root, safe_name
 from .schema import atomic_write
 from .data import read_samples, samples_in, read_opinions, parse_release
+from .models import RunConfig
 from .analysis import label
 
 # %% auto #0
@@ -120,16 +121,18 @@ def model_cache(out, model: str) -> Path:
 
 
 # %% ../nbs/10c_runs.ipynb #027d7c0a
-def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, batch_size: int, device: str = 'auto',
-            dtype: str = 'auto', **backend):
-    "Run `navab robustness` for a model on a nation's samples into `mc_dir/robustness` unless done with the same inputs."
+def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | None, seed: int, config: RunConfig):
+    "Run `navab robustness` for a model on a nation's samples into `mc_dir/robustness` under the run configuration, unless done with the same inputs."
     from navab.robustness import robustness, default_variations
     d = mc_dir/'robustness'
-    key = run_key(dict(model=_model_stamp(model), nation=nation, method='robustness', limit=limit, seed=seed, dtype=dtype), [samples_path, default_variations()])
+    key = run_key(dict(model=_model_stamp(model), nation=nation, method='robustness', limit=limit, seed=seed, dtype=config.dtype), [samples_path, default_variations()])
     if (d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file(): return d
     data = pl.read_parquet(samples_path)
     if not len(data): raise ValueError(f"{samples_path}: no samples for {nation}")
-    robustness(data, model, d, seed=seed, limit=limit, batch_size=batch_size, cache=model_cache(mc_dir.parents[3], model), progress=False, device=device, dtype=dtype, **backend)
+    c = config
+    robustness(data, model, d, seed=seed, limit=limit, batch_size=c.batch_size, cache=model_cache(mc_dir.parents[3], model), progress=False, device=c.device, dtype=c.dtype,
+               tokenizer=c.tokenizer, concurrency=c.concurrency, timeout=c.timeout,
+               **{k: getattr(c, k) for k in ('api_key_env', 'rpm', 'tpm', 'max_requests', 'chat_scoring') if getattr(c, k) not in (None, 'auto')})
     atomic_write(d/'.grid-key', lambda t: t.write_text(key))
     return d
 
@@ -138,11 +141,12 @@ GRID_EXTRAS = {'robustness': 'mc', 'align': None}   # grid steps that are no tas
 
 def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: int | None = None, aj_limit: int | None = None,
                   seed: int = 0, max_new_tokens: int = 32, opinions=None, batch_size: int = 16, robust_limit: int | None = None,
-                  opinions_limit: int | None = None, device: str = 'auto', dtype: str = 'auto', limits: dict | None = None,
-                  data: dict | None = None, options: dict | None = None, **backend) -> dict:
-    "Evaluate a model on a nation's samples with each task (cached): {task: run folder}; `robustness` goes beside the MC run."
+                  opinions_limit: int | None = None, device: str | None = None, dtype: str | None = None, limits: dict | None = None,
+                  data: dict | None = None, options: dict | None = None, config: RunConfig | dict | None = None, **backend) -> dict:
+    "Evaluate a model on a nation's samples with each task (cached) under one run configuration (`config`; the keywords override it): {task: run folder}; `robustness` goes beside the MC run."
     from navab.evaluate import evaluate
     from navab.tasks import get_task
+    cfg = RunConfig.of(config, device=device, dtype=dtype, batch_size=batch_size if config is None else None, **backend)
     limits = {**{k: v for k, v in dict(aj=aj_limit, robustness=robust_limit, opinions=opinions_limit).items() if v}, **(limits or {})}
     data = {**({'opinions': opinions} if opinions else {}), **(data or {})}      # the inputs of tasks that do not read the nation's samples
     given = dict(max_new_tokens=max_new_tokens, **(options or {}))
@@ -150,13 +154,13 @@ def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: in
     for m in methods:
         lim = limits.get(m) or limit
         if m in GRID_EXTRAS:   # robustness: beside the MC run (its report shows it), sharing the MC run's score cache
-            _robust(model, nation, samples_path, run_dir(out, model, nation, GRID_EXTRAS[m]), lim, seed, batch_size, device, dtype, **backend); continue
+            _robust(model, nation, samples_path, run_dir(out, model, nation, GRID_EXTRAS[m]), lim, seed, cfg); continue
         t = get_task(m)
         src = samples_path if t.data == 'samples' else data.get(t.data)
         if not src: continue
         opts = {**{k: v for k, v in given.items() if k in t.options}, **{k[len(m) + 1:]: v for k, v in given.items() if k.startswith(m + '.')}}   # `TASK.KEY`: one task's
         d = run_dir(out, model, nation, m)
-        key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, options=opts, dtype=dtype,
+        key = run_key(dict(model=_model_stamp(model), nation=nation, method=m, limit=lim, seed=seed, options=opts, dtype=cfg.dtype,
                            **({} if Path(str(src)).exists() else {'data': str(src)})), [src])   # a hub name is its own identity
         if not ((d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file() and (d/'scores.parquet').is_file()):
             if t.data == 'samples': items = pl.read_parquet(src)
@@ -165,8 +169,7 @@ def evaluate_pair(model: str, nation: str, samples_path, methods, out, limit: in
                 if not c.n_in: continue        # the benchmark has no item of this nation (BLEnD has no France): no run, no error
                 items = c.valid
             if not len(items): raise ValueError(f"{src}: no valid {t.data} for {nation}")
-            evaluate(items, model, d, task=t, limit=lim, seed=seed, options=opts, batch_size=batch_size, progress=False, device=device, dtype=dtype,
-                     cache=model_cache(out, model), **backend)
+            evaluate(items, model, d, task=t, limit=lim, seed=seed, options=opts, progress=False, config=cfg, cache=model_cache(out, model))
             atomic_write(d/'.grid-key', lambda t: t.write_text(key))
         dirs[m] = d
     return dirs

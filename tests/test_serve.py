@@ -156,20 +156,20 @@ def test_unexpected_error_is_json_500_without_traceback(tiny_model, caplog):
 
 
 def test_long_generation_does_not_block_scoring(tiny8k, tmp_path):
-    with served(tmp_path, '--model', str(tiny8k)) as (p, url, log):
+    with served(tmp_path, '--model', str(tiny8k), '--max-tokens-cap', '8000') as (p, url, log):
         score = dict(prompt='Question: A or B?\nAnswer: A', max_tokens=0, echo=True, logprobs=1)
         t = time.monotonic(); assert _post(url, score).status_code == 200; alone = time.monotonic() - t
         ended, gen_err = [], []
-        def long_generation():                                               # its client gives up after 8 s
-            try: _post(url, dict(prompt='Count: 1, 2, 3,', max_tokens=2048), timeout=8)
+        def long_generation():                                               # its client gives up after 4 s; 8000 tokens take far longer
+            try: _post(url, dict(prompt='Count: 1, 2, 3,', max_tokens=8000), timeout=4)
             except httpx.TimeoutException as e: gen_err.append(e)
             ended.append(time.monotonic())
         g = threading.Thread(target=long_generation); g.start()
-        time.sleep(2)
+        time.sleep(1.5)
         t = time.monotonic(); r = _post(url, score); waited = time.monotonic() - t
         assert r.status_code == 200 and not ended, 'the generation should still be running'
         g.join(30)
-        assert gen_err, 'a 2048-token generation should outlast its 8 s client timeout'
+        assert gen_err, 'an 8000-token generation should outlast its 4 s client timeout'
         t = time.monotonic(); r = _post(url, dict(prompt='Hi', max_tokens=3)); next_gen = time.monotonic() - t   # the gone client's work stopped
         print(f"scoring alone {alone:.2f} s; while a 2048-token generation runs {waited:.2f} s; a generation after its client left {next_gen:.2f} s")
         assert r.status_code == 200 and waited < 6 and next_gen < 10, (alone, waited, next_gen)
