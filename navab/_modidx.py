@@ -44,6 +44,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'navab.analysis.load_scores': ('analysis.html#load_scores', 'navab/analysis.py'),
                                 'navab.analysis.mc_aj_table': ('analysis.html#mc_aj_table', 'navab/analysis.py'),
                                 'navab.analysis.metric_table': ('analysis.html#metric_table', 'navab/analysis.py'),
+                                'navab.analysis.mixed_scoring': ('analysis.html#mixed_scoring', 'navab/analysis.py'),
                                 'navab.analysis.opinion_table': ('analysis.html#opinion_table', 'navab/analysis.py'),
                                 'navab.analysis.paired_table': ('analysis.html#paired_table', 'navab/analysis.py'),
                                 'navab.analysis.plot_ci': ('analysis.html#plot_ci', 'navab/analysis.py'),

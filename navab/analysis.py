@@ -16,9 +16,9 @@ from .stats import accuracy_table, bootstrap_ci, mcnemar_exact, paired_bootstrap
 __all__ = ['SCORE_COLS', 'CELL_SCHEMA', 'CJK_FAMILIES', 'CJK_FONT', 'h', 'html_table', 'show', 'show_fig', 'heading', 'label',
            'public_path', 'run_summary', 'run_info', 'load_scores', 'worst_samples', 'mc_aj_table', 'grid_table',
            'paired_table', 'share_frame', 'fit_share_model', 'consistency', 'source_table', 'metric_table',
-           'opinion_table', 'position_table', 'headline_table', 'agreement_cells', 'cells_wide', 'spearman_ci',
-           'rank_agreement', 'kendall_w', 'concordance_table', 'cjk_font_file', 'use_cjk_font', 'plot_ci',
-           'plot_heatmap']
+           'opinion_table', 'position_table', 'headline_table', 'mixed_scoring', 'agreement_cells', 'cells_wide',
+           'spearman_ci', 'rank_agreement', 'kendall_w', 'concordance_table', 'cjk_font_file', 'use_cjk_font',
+           'plot_ci', 'plot_heatmap']
 
 # %% ../nbs/06a_analysis.ipynb #2d563b36
 def h(x) -> str:
@@ -252,7 +252,7 @@ def position_table(runs: list) -> pl.DataFrame:
 
 # %% ../nbs/06a_analysis.ipynb #98640dff
 def headline_table(runs: list) -> pl.DataFrame:
-    "Each run's headline: the debiased accuracy when both orders were scored, else the task's metric; CI, n, position consistency, one-letter flag."
+    "Each run's headline: the debiased accuracy when both orders were scored, else the task's metric; CI, n, position consistency, one-letter flag, how it was scored."
     rows = []
     for r in runs:
         s, t = run_summary(r['dir']), run_info(r['dir'])
@@ -260,9 +260,22 @@ def headline_table(runs: list) -> pl.DataFrame:
         est = deb if deb else dict(estimate=s.get(t['metric']), ci_low=s.get('ci_low'), ci_high=s.get('ci_high'))
         rows.append(dict(model=label(r['model']), nation=r['nation'], method=r['method'], metric=('debiased ' if deb else '') + t['metric'], n=s.get('n'),
                          value=est['estimate'], ci_low=est['ci_low'], ci_high=est['ci_high'], consistency=(s.get('position_consistency') or {}).get('estimate'),
-                         top_letter_share=s.get('top_letter_share'), one_letter=bool(s.get('one_letter'))))
+                         top_letter_share=s.get('top_letter_share'), one_letter=bool(s.get('one_letter')),
+                         scoring_kind=s.get('scoring_kind', 'loglik')))
     return pl.DataFrame(rows, schema={'model': pl.String, 'nation': pl.String, 'method': pl.String, 'metric': pl.String, 'n': pl.Int64, 'value': pl.Float64,
-                                      'ci_low': pl.Float64, 'ci_high': pl.Float64, 'consistency': pl.Float64, 'top_letter_share': pl.Float64, 'one_letter': pl.Boolean})
+                                      'ci_low': pl.Float64, 'ci_high': pl.Float64, 'consistency': pl.Float64, 'top_letter_share': pl.Float64, 'one_letter': pl.Boolean,
+                                      'scoring_kind': pl.String})
+
+# %% ../nbs/06a_analysis.ipynb #a9a0ca9e
+def mixed_scoring(runs: list) -> list:
+    "One line per task whose runs were scored in more than one way (`loglik`, `label-logprob`, `generation`): what a comparison across them mixes."
+    ht, out = headline_table(runs), []
+    for (m,), g in ht.group_by('method', maintain_order=True):
+        if g['scoring_kind'].n_unique() < 2: continue
+        parts = [f"{k} for {', '.join(sorted(set(h['model'])))} ({len(h)} runs)" for (k,), h in g.group_by('scoring_kind', maintain_order=True)]
+        out.append(f"{m.upper()} runs were scored in {len(parts)} ways: {'; '.join(parts)}. A table or comparison across them mixes a full "
+                   "log-likelihood with a label's log-prob or a parsed answer: read it as such.")
+    return out
 
 # %% ../nbs/06a_analysis.ipynb #978f0520
 CELL_SCHEMA = {'model': pl.String, 'nation': pl.String, 'benchmark': pl.String, 'metric': pl.String, 'n': pl.Int64, 'value': pl.Float64,
