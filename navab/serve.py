@@ -357,8 +357,9 @@ def _turn_ends(m, tok) -> set:
     ids |= set(e if isinstance(e, list) else [e])
     return {i for i in ids if isinstance(i, int)}
 
-def chat_generate(m, tok, ids: list, max_tokens: int = 16, temperature: float = 0.0, seed: int = 0, top: int = 0, stop=(), ends=None) -> dict:
-    "One answer to a prompt's token ids: greedy (or sampled, seeded) tokens with their log-probs and `top` alternatives, cut at a turn end or `stop` text."
+def chat_generate(m, tok, ids: list, max_tokens: int = 16, temperature: float = 0.0, seed: int = 0, top: int = 0, stop=(), ends=None,
+                  on_step=None) -> dict:
+    "One answer to a prompt's token ids: greedy (or sampled, seeded) tokens with their log-probs and `top` alternatives, cut at a turn end or `stop` text; `on_step()` before each token."
     import inspect, torch
     from navab.score import _kv, _kv_out
     ends, kv = _turn_ends(m, tok) if ends is None else ends, _kv(m)
@@ -368,6 +369,7 @@ def chat_generate(m, tok, ids: list, max_tokens: int = 16, temperature: float = 
         keep = {'logits_to_keep': 1} if 'logits_to_keep' in inspect.signature(m.forward).parameters else {}   # the last position's logits only
         r = m(input_ids=torch.tensor([ids], device=m.device), use_cache=True, **keep)
         for step in range(max_tokens):
+            if on_step is not None: on_step()   # the server's check: lets waiting scoring in, stops a gone client or a late request
             lp = torch.log_softmax(r.logits[0, -1].float(), -1)
             t = int(lp.argmax()) if g is None else int(torch.multinomial(torch.softmax(r.logits[0, -1].float().cpu() / temperature, -1), 1, generator=g))
             if t in ends: finish = 'stop'; break
@@ -399,20 +401,27 @@ def _template_text(t: str | None) -> str | None:
     return t
 
 def add_chat_route(app, m, tok, name: str, lock, chat_template: str | None = None):
-    "Serve `/v1/chat/completions` on `app`: messages in the model's chat template (or `chat_template`), answered by `chat_generate` behind the model's lock."
+    "Serve `/v1/chat/completions` on `app`: messages in the model's chat template (or `chat_template`), answered by `chat_generate` as a job of the app's `Batcher` (scoring runs between its tokens; stopped at its deadline or when its client goes)."
     limit = getattr(m.config.get_text_config(), 'max_position_embeddings', None)
     template, ends = _template_text(chat_template) or getattr(tok, 'chat_template', None), _turn_ends(m, tok)
     @app.post('/v1/chat/completions')
-    def chat_completions(req: dict):
+    async def chat_completions(request: Request):
+        from starlette.concurrency import run_in_threadpool
+        req = await json_body(request)
+        if not isinstance(req, dict): return _error(400, "the body must be a JSON object")
         if req.get('model') not in (None, name): return _error(404, f"model {req.get('model')!r} is not served here (serving {name!r})")
         if not template: return _error(400, f"model {name!r} has no chat template, which /v1/chat/completions needs: serve it with "
                                             "--chat-template FILE, or use /v1/completions with plain prompts")
         try: p = chat_params(req)
         except ValueError as e: return _error(400, str(e))
-        ids = tok(tok.apply_chat_template(p['messages'], chat_template=template, tokenize=False, add_generation_prompt=True), add_special_tokens=False).input_ids
+        ids = await run_in_threadpool(lambda: tok(tok.apply_chat_template(p['messages'], chat_template=template, tokenize=False, add_generation_prompt=True),
+                                                  add_special_tokens=False).input_ids)
         if limit and len(ids) + p['max_tokens'] > limit:
             return _error(400, f"messages: {len(ids)} prompt tokens + max_tokens {p['max_tokens']} exceed the model's {limit} positions")
-        with lock: res = chat_generate(m, tok, ids, p['max_tokens'], p['temperature'], p['seed'], p['top_logprobs'], p['stop'], ends)
+        def gen(check):
+            with lock: return chat_generate(m, tok, ids, p['max_tokens'], p['temperature'], p['seed'], p['top_logprobs'], p['stop'], ends, on_step=check)
+        L = app.state.limits
+        res = await wait_job(request, app.state.batcher.run(gen, time.monotonic() + L.timeout_s), L.timeout_s)
         n = len(res['tokens'])
         return {'id': f'chatcmpl-{uuid.uuid4().hex[:12]}', 'object': 'chat.completion', 'created': int(time.time()), 'model': name,
                 'choices': [chat_choice(tok, res, p['logprobs'])], 'usage': dict(prompt_tokens=len(ids), completion_tokens=n, total_tokens=len(ids) + n)}

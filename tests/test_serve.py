@@ -171,7 +171,7 @@ def test_long_generation_does_not_block_scoring(tiny8k, tmp_path):
         g.join(30)
         assert gen_err, 'an 8000-token generation should outlast its 4 s client timeout'
         t = time.monotonic(); r = _post(url, dict(prompt='Hi', max_tokens=3)); next_gen = time.monotonic() - t   # the gone client's work stopped
-        print(f"scoring alone {alone:.2f} s; while a 2048-token generation runs {waited:.2f} s; a generation after its client left {next_gen:.2f} s")
+        print(f"scoring alone {alone:.2f} s; while an 8000-token generation runs {waited:.2f} s; a generation after its client left {next_gen:.2f} s")
         assert r.status_code == 200 and waited < 6 and next_gen < 10, (alone, waited, next_gen)
 
 
@@ -180,6 +180,31 @@ def test_deadline_stops_a_request(tiny8k, tmp_path):
         t = time.monotonic(); r = _post(url, dict(prompt='Count: 1, 2, 3,', max_tokens=2048)); took = time.monotonic() - t
         assert r.status_code == 504 and 'deadline' in r.json()['message'] and took < 8, (r.status_code, took)
         assert _post(url, dict(prompt='Hi', max_tokens=3), timeout=10).status_code == 200
+
+
+CHAT_T = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<s>assistant:{% endif %}"
+
+
+def test_chat_generation_lets_scoring_in_and_has_a_deadline(tiny8k, tmp_path):
+    "/v1/chat/completions runs as the batcher's job too: scoring between its tokens, a 504 at --timeout, the server free right after."
+    tpl = tmp_path / 'chat.jinja'; tpl.write_text(CHAT_T)
+    with served(tmp_path, '--model', str(tiny8k), '--chat-template', str(tpl), '--timeout', '3') as (p, url, log):
+        score = dict(prompt='Question: A or B?\nAnswer: A', max_tokens=0, echo=True, logprobs=1)
+        chat = dict(messages=[{'role': 'user', 'content': 'Count: 1, 2, 3,'}], max_tokens=1024)
+        assert httpx.post(url + '/v1/chat/completions', json=dict(chat, max_tokens=2), timeout=30).status_code == 200
+        got = {}
+        def long_chat():
+            t = time.monotonic(); r = httpx.post(url + '/v1/chat/completions', json=chat, timeout=30); got.update(status=r.status_code, body=r.json(), took=time.monotonic() - t)
+        g = threading.Thread(target=long_chat); g.start()
+        time.sleep(1)
+        t = time.monotonic(); r = _post(url, score); waited = time.monotonic() - t
+        g.join(30)
+        print(f"scoring while a chat answer ran: {waited:.2f} s; the chat request: HTTP {got.get('status')} after {got.get('took', 0):.1f} s")
+        assert r.status_code == 200 and waited < 2, waited
+        if got['status'] == 504: assert 'deadline' in got['body']['message'] and got['took'] < 8, got   # the 1024-token answer outlived --timeout 3
+        else: assert got['status'] == 200 and got['took'] <= 4, got                                        # or it finished first, within it
+        assert httpx.post(url + '/v1/chat/completions', json=[1, 2], timeout=10).status_code == 400
+        assert _post(url, score, timeout=10).status_code == 200
 
 
 def test_api_key_and_host(tiny_model, tmp_path):
