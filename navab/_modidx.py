@@ -606,7 +606,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'navab.serve._cost': ('serve.html#_cost', 'navab/serve.py'),
                              'navab.serve._cut_more': ('serve.html#_cut_more', 'navab/serve.py'),
                              'navab.serve._error': ('serve.html#_error', 'navab/serve.py'),
-                             'navab.serve._int_field': ('serve.html#_int_field', 'navab/serve.py'),
                              'navab.serve._is_id': ('serve.html#_is_id', 'navab/serve.py'),
                              'navab.serve._kind': ('serve.html#_kind', 'navab/serve.py'),
                              'navab.serve._show': ('serve.html#_show', 'navab/serve.py'),

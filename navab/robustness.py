@@ -137,9 +137,9 @@ def _as_variations(variations) -> list:
 
 # %% ../nbs/10_robustness.ipynb #7aaae8d0
 def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, seed: int = 0, limit: int | None = None,
-               batch_size: int = 16, dtype: str = 'auto', cache: str | Path | None = None, templates: dict | None = None,
-               n_permutations: int = 10_000, progress: bool = True, device: str = 'auto',
-               tokenizer: str | None = None, concurrency: int = 8, timeout: float | None = None, **server) -> dict:
+               batch_size: int | None = None, dtype: str | None = None, cache: str | Path | None = None, templates: dict | None = None,
+               n_permutations: int = 10_000, progress: bool = True, device: str | None = None,
+               tokenizer: str | None = None, concurrency: int | None = None, timeout: float | None = None, config=None, **server) -> dict:
     "Re-score `samples` with `model` (a name, a server URL, a backend or `(model, tok, info)`) under each variation; write variations/flips/summary to `out`."
     from tqdm.auto import tqdm
     from navab.evaluate import run_steps, load_templates
@@ -154,7 +154,8 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
     if samples['id'].n_unique() != len(samples): raise ValueError("samples: field 'id': duplicate sample ids (check the input with navab data check)")
     T = templates or load_templates()
     from navab.models import RunConfig
-    cfg = RunConfig.of(dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency, timeout=timeout, batch_size=batch_size, seed=seed, **server).resolved()   # server: api_key_env, rpm, tpm, max_requests, chat_scoring
+    cfg = RunConfig.of(config, dtype=dtype, device=device, tokenizer=tokenizer, concurrency=concurrency, timeout=timeout, batch_size=batch_size, seed=seed,
+                       **server).resolved()   # one run configuration (`config`; the keywords override it); server: api_key_env, rpm, tpm, max_requests, chat_scoring
     B = get_backend(str(model) if isinstance(model, Path) else model, cfg)
     tok, info = B.tok, B.info
     rows, dec, costs = [], {}, {}
@@ -166,7 +167,7 @@ def robustness(samples: pl.DataFrame, model, out: str | Path, variations=None, s
             rows.append(dict(row, status='skipped', reason=f"{label(info.name)} has no chat template")); continue
         run = Run(T, seed, MC.check(variation_options(v)), tok)          # a variation is the MC task under other options
         costs[v['name']] = _new_keys(MC.steps[0].build(samples, run)[1], info, cache)
-        req = run_steps(MC, samples, B, run, out, batch_size=batch_size, progress=False, cache=cache)
+        req = run_steps(MC, samples, B, run, out, batch_size=cfg.batch_size, progress=False, cache=cache)
         sc = MC.decide(samples, run)
         ok = sc['correct'].fill_null(False)
         est, lo, hi = bootstrap_ci(ok.cast(pl.Float64).to_numpy(), seed=seed)

@@ -129,10 +129,7 @@ def _robust(model: str, nation: str, samples_path, mc_dir: Path, limit: int | No
     if (d/'.grid-key').is_file() and (d/'.grid-key').read_text() == key and (d/'summary.json').is_file(): return d
     data = pl.read_parquet(samples_path)
     if not len(data): raise ValueError(f"{samples_path}: no samples for {nation}")
-    c = config
-    robustness(data, model, d, seed=seed, limit=limit, batch_size=c.batch_size, cache=model_cache(mc_dir.parents[3], model), progress=False, device=c.device, dtype=c.dtype,
-               tokenizer=c.tokenizer, concurrency=c.concurrency, timeout=c.timeout,
-               **{k: getattr(c, k) for k in ('api_key_env', 'rpm', 'tpm', 'max_requests', 'chat_scoring') if getattr(c, k) not in (None, 'auto')})
+    robustness(data, model, d, seed=seed, limit=limit, cache=model_cache(mc_dir.parents[3], model), progress=False, config=config)
     atomic_write(d/'.grid-key', lambda t: t.write_text(key))
     return d
 

@@ -283,51 +283,35 @@ _ROLES = ('system', 'user', 'assistant')
 _TURN_ENDS = ('<|im_end|>', '<end_of_turn>', '<|eot_id|>', '<|end|>', '<|endoftext|>')
 _IGNORED = ('user', 'metadata', 'store', 'stream_options', 'service_tier')
 
-def _int_field(req: dict, name: str, lo: int, hi: int, default=None):
-    "An integer field of a request in lo..hi (not a bool, not a string): its value, or `default` when absent; a ValueError naming it."
-    v = req.get(name)
-    if v is None: return default
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi: raise ValueError(f"{name} must be an integer from {lo} to {hi}, not {v!r}")
-    return v
-
 def chat_params(req: dict) -> dict:
-    "The checked fields of a chat completions request: messages, max_tokens, temperature, seed, logprobs, top_logprobs, stop; a ValueError naming the first bad field."
-    if not isinstance(req, dict): raise ValueError("the body must be a JSON object")
+    "The checked fields of a chat completions request: messages, max_tokens, temperature, seed, logprobs, top_logprobs, stop; a 400 (`RequestError`) naming the first bad field."
+    if not isinstance(req, dict): raise RequestError(400, f"the body must be a JSON object, not {_kind(req)}")
+    no = lambda f, why: RequestError(400, f"{f}: {why}", f)
     bad = [k for k in req if k not in ('model', 'messages', 'max_tokens', 'max_completion_tokens', 'temperature', 'seed', 'logprobs', 'top_logprobs',
                                        'stop', 'n', 'stream', 'top_p', 'presence_penalty', 'frequency_penalty', *_IGNORED)]
-    if bad: raise ValueError(f"{bad[0]}: navab serve does not take this field")
+    if bad: raise no(bad[0], "navab serve does not take this field")
     ms = req.get('messages')
-    if not isinstance(ms, list) or not ms: raise ValueError("messages must be a non-empty list of {role, content}")
+    if not isinstance(ms, list) or not ms: raise no('messages', "must be a non-empty list of {role, content}")
     msgs = []
     for i, m in enumerate(ms):
-        if not isinstance(m, dict) or m.get('role') not in _ROLES: raise ValueError(f"messages[{i}].role must be one of {', '.join(_ROLES)}")
+        if not isinstance(m, dict) or m.get('role') not in _ROLES: raise no(f'messages[{i}].role', f"must be one of {', '.join(_ROLES)}")
         c = m.get('content')
         if isinstance(c, list) and all(isinstance(p, dict) and p.get('type') == 'text' and isinstance(p.get('text'), str) for p in c):
             c = ''.join(p['text'] for p in c)                  # content parts: text ones only
-        if not isinstance(c, str): raise ValueError(f"messages[{i}].content must be a string (or a list of text parts)")
-        try: c.encode('utf-8')
-        except UnicodeEncodeError: raise ValueError(f"messages[{i}].content is not valid Unicode text (a lone surrogate)") from None
-        msgs.append({'role': m['role'], 'content': c})
-    if req.get('max_tokens') is not None and req.get('max_completion_tokens') is not None: raise ValueError("max_tokens: give it or max_completion_tokens, not both")
-    k = _int_field(req, 'max_tokens', 1, CHAT_MAX_TOKENS) or _int_field(req, 'max_completion_tokens', 1, CHAT_MAX_TOKENS, 128)
-    t = req.get('temperature', 0)
-    t = 0 if t is None else t
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 2: raise ValueError(f"temperature must be a number from 0 to 2, not {t!r}")
-    seed = _int_field(req, 'seed', 0, 2**63 - 1)
-    if t > 0 and seed is None: raise ValueError("seed: sampling (temperature > 0) needs a seed, so answers can be reproduced")
-    for f, ok in (('n', 1), ('top_p', 1), ('presence_penalty', 0), ('frequency_penalty', 0)):
-        v = req.get(f)
-        if v is not None and (isinstance(v, bool) or v != ok): raise ValueError(f"{f}: navab serve takes only {ok}, not {v!r}")
-    if req.get('stream') not in (None, False): raise ValueError(f"stream: navab serve does not stream (got {req.get('stream')!r})")
-    lp = req.get('logprobs')
-    if lp is not None and not isinstance(lp, bool): raise ValueError(f"logprobs must be true or false, not {lp!r}")
-    top = _int_field(req, 'top_logprobs', 0, CHAT_TOP_LOGPROBS, 0)
-    if top and not lp: raise ValueError("top_logprobs needs logprobs: true")
-    stop = req.get('stop')
-    stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and (not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop)):
-        raise ValueError("stop must be a non-empty string or a list of up to 4 of them")
-    return dict(messages=msgs, max_tokens=k, temperature=float(t), seed=seed or 0, logprobs=bool(lp), top_logprobs=top, stop=stop or [])
+        if not isinstance(c, str): raise no(f'messages[{i}].content', "must be a string (or a list of text parts)")
+        msgs.append({'role': m['role'], 'content': check_text(c, f'messages[{i}].content')})
+    if req.get('max_tokens') is not None and req.get('max_completion_tokens') is not None: raise no('max_tokens', "give it or max_completion_tokens, not both")
+    k = field_int(req, 'max_tokens', None, 1, CHAT_MAX_TOKENS) or field_int(req, 'max_completion_tokens', 128, 1, CHAT_MAX_TOKENS)
+    t, seed = field_number(req, 'temperature', 0.0, 0, 2), field_int(req, 'seed', None, 0, 2**63 - 1)
+    if t > 0 and seed is None: raise no('seed', "sampling (temperature > 0) needs a seed, so answers can be reproduced")
+    if (v := field_int(req, 'n', 1, 1)) != 1: raise no('n', f"navab serve takes only 1, not {v}")
+    if field_number(req, 'top_p', 1.0, 0, 1) != 1: raise no('top_p', "navab serve takes only 1 (the whole distribution)")
+    for f in ('presence_penalty', 'frequency_penalty'):
+        if field_number(req, f, 0.0, -2, 2) != 0: raise no(f, "navab serve takes only 0")
+    if field_bool(req, 'stream'): raise no('stream', "navab serve does not stream (send false or leave it out)")
+    lp, top = field_bool(req, 'logprobs'), field_int(req, 'top_logprobs', 0, 0, CHAT_TOP_LOGPROBS)
+    if top and not lp: raise no('top_logprobs', "needs logprobs: true")
+    return dict(messages=msgs, max_tokens=k, temperature=t, seed=seed or 0, logprobs=lp, top_logprobs=top, stop=check_stop(req.get('stop')))
 
 # %% ../nbs/04c_serve.ipynb #ded30488
 def _byte_decoder() -> dict:
@@ -408,12 +392,10 @@ def add_chat_route(app, m, tok, name: str, lock, chat_template: str | None = Non
     async def chat_completions(request: Request):
         from starlette.concurrency import run_in_threadpool
         req = await json_body(request)
-        if not isinstance(req, dict): return _error(400, "the body must be a JSON object")
-        if req.get('model') not in (None, name): return _error(404, f"model {req.get('model')!r} is not served here (serving {name!r})")
+        p = chat_params(req)                                    # a bad field: a 400 naming it (the app's RequestError handler)
+        if req.get('model') not in (None, name): return _error(404, f"model {req.get('model')!r} is not served here (serving {name!r})", 'model')
         if not template: return _error(400, f"model {name!r} has no chat template, which /v1/chat/completions needs: serve it with "
                                             "--chat-template FILE, or use /v1/completions with plain prompts")
-        try: p = chat_params(req)
-        except ValueError as e: return _error(400, str(e))
         ids = await run_in_threadpool(lambda: tok(tok.apply_chat_template(p['messages'], chat_template=template, tokenize=False, add_generation_prompt=True),
                                                   add_special_tokens=False).input_ids)
         if limit and len(ids) + p['max_tokens'] > limit:
