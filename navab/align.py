@@ -279,14 +279,16 @@ def _as_samples(pairs: pl.DataFrame) -> pl.DataFrame:
 # %% ../nbs/10a_align.ipynb #7325d065
 ARMS = ('base', 'aligned', 'ablation')
 
-def _eval_arms(models: dict, samples: pl.DataFrame, out: Path, methods, tag: str, seed: int, limit, progress, device: str = 'auto') -> list:
-    "Evaluate each arm's model on samples with each method into out/eval/<tag>/<arm>-<method>: summary rows."
+def _eval_arms(models: dict, samples: pl.DataFrame, out: Path, methods, tag: str, seed: int, limit, progress, device: str = 'auto',
+               base_cache: str | Path | None = None) -> list:
+    "Evaluate each arm's model on samples with each method into out/eval/<tag>/<arm>-<method> (the base arm's scores from `base_cache` when given): summary rows."
     from navab.evaluate import evaluate
     rows = []
     for meth in methods:
         for arm, model in models.items():
             d = out/'eval'/tag/f'{arm}-{meth}'
-            s = evaluate(samples, model, d, method=meth, seed=seed, limit=limit, max_new_tokens=32, progress=progress, device=device)
+            s = evaluate(samples, model, d, method=meth, seed=seed, limit=limit, max_new_tokens=32, progress=progress, device=device,
+                         cache=base_cache if arm == 'base' else None)
             rows.append(dict(set=tag, arm=arm, method=meth, n=s['n'], accuracy=s['accuracy'], ci_low=s['ci_low'], ci_high=s['ci_high'], dir=str(d.relative_to(out))))
     return rows
 
@@ -340,8 +342,8 @@ def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lo
           max_length: int = 256, test_frac: float = 0.3, min_groups: int = 4, methods=('mc', 'pref', 'aj'), ablation_pairs: str | Path | None = None,
           reduce: bool = False, generator: str | None = None, conflict_pairs: int = 200, cross: dict | None = None, cross_limit: int | None = None,
           eval_limit: int | None = None, train_limit: int | None = None, fit_limit: int | None = 64, max_chars: int = MAX_CHARS, progress: bool = True,
-          log=print) -> dict:
-    "Train `model` toward `nation` on `pairs` with DPO, then measure base vs aligned (and the ablation) on held-out pairs: the summary."
+          log=print, base_cache: str | Path | None = None) -> dict:
+    "Train `model` toward `nation` on `pairs` with DPO, then measure base vs aligned (and the ablation) on held-out pairs: the summary. `base_cache`: a score cache of `model` to reuse (a grid's)."
     check_align_args(test_frac=test_frac, steps=steps, epochs=epochs, beta=beta, lr=lr, batch_size=batch_size, save_steps=save_steps,
                      max_length=max_length, max_chars=max_chars, min_groups=min_groups, conflict_pairs=conflict_pairs, eval_limit=eval_limit,
                      train_limit=train_limit, cross_limit=cross_limit, fit_limit=fit_limit)   # before anything is read or written
@@ -390,11 +392,11 @@ def align(pairs: str | Path | list, model: str, nation: str, out: str | Path, lo
         am = train_dpo(abl, model, out/'ablation', **kw)
         log(f"ablation: {len(abl)} pairs, {am['global_step']} steps in {am['train_s']} s -> {out/'ablation'}")
         models['ablation'] = str(out/'ablation')
-    rows = _eval_arms(models, _as_samples(te), out, methods, code, seed, eval_limit, progress, device)
+    rows = _eval_arms(models, _as_samples(te), out, methods, code, seed, eval_limit, progress, device, base_cache)
     cm = [m for m in methods if get_task(m).requests == 'loglik'] or ['mc']      # the cross-nation sets: the likelihood-only tasks, no generation
-    for nat, (cs, _) in crossed.items(): rows += _eval_arms(models, cs, out, cm, nat, seed, cross_limit, progress, device)
+    for nat, (cs, _) in crossed.items(): rows += _eval_arms(models, cs, out, cm, nat, seed, cross_limit, progress, device, base_cache)
     comps = _comparisons(rows, out, seed)
-    fit = _eval_arms(models, _as_samples(tr), out, ['pref'], 'train', seed, fit_limit, progress, device) if fit_limit != 0 else []
+    fit = _eval_arms(models, _as_samples(tr), out, ['pref'], 'train', seed, fit_limit, progress, device, base_cache) if fit_limit != 0 else []
     train_fit = dict(n_limit=fit_limit, results=fit, comparisons=_comparisons(fit, out, seed)) if fit else None
     summ = dict(nation=code, model=str(model), pairs=str(pairs), pairs_hash=pairs_hash(P), counts=counts, split={k: v for k, v in info.items() if not k.endswith('_ids')},
                 train=meta, ablation=(json.loads((out/'ablation'/'navab_align.json').read_text()) if 'ablation' in models else None),

@@ -14,7 +14,7 @@ from .schema import write_table, atomic_write, problems
 from .data import KINDS, check_file, read_opinions, read_samples, show_check
 from .stats import compare_runs
 from .chat import server_args, server_options
-from .models import EMBEDDED, model_rows, convert_embedded, load_model, resolve, sentence_logprob, SENTENCES, is_cached, device_args
+from .models import EMBEDDED, model_rows, convert_embedded, convert_all, load_model, resolve, sentence_logprob, SENTENCES, is_cached, device_args
 
 # %% auto #0
 __all__ = ['CHAPTER_COMMANDS', 'cmd_data_check', 'cmd_models', 'chat_notes', 'cmd_evaluate', 'cmd_compare', 'cmd_serve', 'parser',
@@ -40,13 +40,15 @@ def cmd_models(a) -> int:
         return 0
     if not a.name: raise ValueError(f"navab models {a.action} needs a model name (or 'all' for fetch)")
     names = list(EMBEDDED) if a.name == 'all' else [a.name]
+    if a.action == 'fetch':
+        for n in names:
+            if resolve(n).kind != 'embedded': raise ValueError(f"{n}: only embedded models are fetched by navab ({', '.join(EMBEDDED)}); hub models load through transformers")
+        t = time.time(); convert_all(names)
+        print(f"models ready in {time.time() - t:.1f} s (cache: {cache_dir()/'models'})")
+        return 0
     for n in names:
         ref = resolve(n)
         if a.action == 'path': print(ref.path)
-        elif a.action == 'fetch':
-            if ref.kind != 'embedded': raise ValueError(f"{n}: only embedded models are fetched by navab ({', '.join(EMBEDDED)}); hub models load through transformers")
-            t = time.time(); p = convert_embedded(n)
-            print(f"{n}: {p} ({time.time() - t:.1f} s)")
         elif a.action == 'show':
             _, _, info = load_model(n, dtype=a.dtype, device=a.device, trust_remote_code=a.trust_remote_code)
             print(json.dumps(info.__dict__, indent=1))

@@ -13,9 +13,32 @@ from .runs import HK_FILES
 from .reports import REPORTS, write_index
 from .jobs import align_job
 from .grid import run_grid
+from .executor import cores, process_pool
 
 # %% auto #0
 __all__ = ['NEIGHBOURS', 'demo', 'cmd_demo', 'add_cli']
+
+# %% ../nbs/10g_demo.ipynb #976a4678
+def _extract_one(n: str, corpus: Path, d: Path, kw: dict) -> tuple:
+    "One nation's extraction (in a worker process): (nation, counts, seconds)."
+    from navab.extract import extract
+    t = time.time(); counts = extract(corpus/f'{n}.jsonl', n, d/n, **kw)
+    return n, counts, time.time() - t
+
+def _extract_all(nations, corpus: Path, d: Path, workers: int = 1, progress: bool = True, **kw) -> dict:
+    "Extract every nation's demo corpus into `d/<nation>`, in `workers` processes, started in the order given: {nation: (counts, seconds)}."
+    from tqdm.auto import tqdm
+    todo = list(nations)
+    bar, res = tqdm(total=len(todo), desc='extract', disable=not progress), {}
+    if workers > 1 and len(todo) > 1:
+        from concurrent.futures import as_completed
+        with process_pool(min(workers, len(todo))) as ex:     # a worker's own bars would interleave: the nations' bar only
+            for f in as_completed([ex.submit(_extract_one, n, corpus, d, dict(kw, progress=False)) for n in todo]):
+                n, c, s = f.result(); res[n] = (c, s); bar.update(); bar.set_postfix_str(n)
+    else:
+        for n in todo: _, c, s = _extract_one(n, corpus, d, dict(kw, progress=progress)); res[n] = (c, s); bar.update()
+    bar.close()
+    return res
 
 # %% ../nbs/10g_demo.ipynb #95031fcf
 def _funnel(counts: dict) -> str:
@@ -27,26 +50,25 @@ def _funnel(counts: dict) -> str:
 
 NEIGHBOURS = {'culturalbench': 'culturalbench/CulturalBench-Easy.csv', 'blend': 'blend'}   # task -> its data in ../shared/data
 
-def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = None,
-         aj_limit: int | None = 16, generator: str | None = None, articles: int | None = None, progress: bool = True,
-         opinions_limit: int | None = 40, device: str = 'auto', dtype: str = 'auto', align_steps: int | None = 8, phases: list | None = None,
-         neighbours_limit: int | None = 10) -> Path:
-    "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations): index.html. `phases` gets (name, seconds, note) per phase, after any it holds (make's)."
-    from tqdm.auto import tqdm
-    from .extract import extract
+def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = 24,
+         aj_limit: int | None = 8, generator: str | None = None, articles: int | None = None, progress: bool = True,
+         opinions_limit: int | None = 20, device: str = 'auto', dtype: str = 'auto', align_steps: int | None = 8, phases: list | None = None,
+         neighbours_limit: int | None = 8) -> Path:
+    "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations), in `workers` processes: index.html. `phases` gets (name, seconds, note) per phase, after any it holds (make's)."
     S = load_settings(); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(2, cores())
     t0, notes, samples = time.time(), [], {}
     ph = phases if phases is not None else []; setup = sum(s for _, s, _ in ph)
     corpus = repo_root()/'data'/'demo'/'corpus'
     shared = Path(shared) if shared else repo_root().parent/'shared'/'data'
-    for n in tqdm(S.grid['nations'], desc='extract', disable=not progress):
-        d = out/'extract'/n
-        te = time.time()
-        counts = extract(corpus/f'{n}.jsonl', n, d, generator=generator, seed=S.seed, progress=progress, limit=articles,
-                         device=device, dtype=dtype)
-        ph.append((f'extract {n}', time.time() - te, f"{(counts.get('samples') or {}).get('out', '')} samples" if isinstance(counts.get('samples'), dict) else ''))
+    done = _extract_all(S.grid['nations'], corpus, out/'extract', workers, generator=generator, seed=S.seed, progress=progress, limit=articles,
+                        device=device, dtype=dtype)
+    for n in S.grid['nations']:
+        counts, secs = done[n]
+        ph.append((f'extract {n}', secs, f"{(counts.get('samples') or {}).get('out', '')} samples" if isinstance(counts.get('samples'), dict) else ''))
         notes.append(f"extract {n} (data/demo/corpus/{n}.jsonl, {'first ' + str(articles) if articles else 'all'} articles -> extract/{n}/): {_funnel(counts)}")
-        samples[n] = [d/'samples.parquet']
+        samples[n] = [out/'extract'/n/'samples.parquet']
+    ph.append(('extraction in all', time.time() - t0, f'{len(done)} nations in {min(workers, len(done))} processes'))
     hk = shared/'navab-hk'
     if hk.is_dir() and 'CN' in samples:
         samples['CN'] += [hk/f for f in HK_FILES if (hk/f).is_file()]
@@ -59,7 +81,7 @@ def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers:
     if near: notes.append(f"neighbour benchmarks from the shared data: {', '.join(f'{t} ({p})' for t, p in near.items())}"
                           + (f", the first {neighbours_limit} items per nation (BLEnD's China items alternate Chinese and English)" if neighbours_limit else ''))
     t1 = time.time()
-    run_grid(S.grid['models'], S.grid['nations'], samples, methods, out, workers or S.grid['workers'], limit, S.seed, progress,
+    run_grid(S.grid['models'], S.grid['nations'], samples, methods, out, workers, limit, S.seed, progress,
              aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit, device=device, dtype=dtype,
              options=dict(order=S.grid['order']), data={t: shared/p for t, p in near.items()},
              limits={t: neighbours_limit for t in near} if neighbours_limit else None)
@@ -90,12 +112,12 @@ def _grid_phases(out: Path, records: list, since: float = 0) -> list:
     return rows
 
 def _demo_align(out: Path, S, steps: int, notes: list, model: str = 'smollm2-135m', device: str = 'auto') -> dict:
-    "The demo's one alignment run: `model` toward the nation with the most samples, `steps` LoRA steps, MC and pref on the held-out pairs."
+    "The demo's one alignment run: `model` toward the nation with the most samples, `steps` LoRA steps of 2 pairs, MC and pref on the held-out pairs and pref on as many training pairs as it saw (the base model's scores come from the grid's cache)."
     n_by = {p.stem: pl.scan_parquet(p).select(pl.len()).collect().item() for p in sorted((out/'samples').glob('*.parquet'))}
     best = max(n_by, key=lambda k: (n_by[k], k))
     t = time.time()
     rec = align_job(dict(out=str(out), model=model, nation=best, samples=str(out/'samples'/f'{best}.parquet'), seed=S.seed, template=str(REPORTS/'align.ipynb'),
-                         align_options=dict(steps=steps, batch_size=2, max_length=128, methods=['mc', 'pref'], save_steps=steps, device=device)))
+                         align_options=dict(steps=steps, batch_size=2, max_length=128, methods=['mc', 'pref'], save_steps=steps, device=device, fit_limit=2 * steps)))
     notes.append(f"align: {model} toward {best} (the most samples: {n_by[best]}), {steps} LoRA steps, MC and pref on the held-out pairs, {time.time() - t:.0f} s "
                  f"(navab demo --align-steps N; 0 leaves it out)")
     return rec
@@ -104,7 +126,7 @@ def _demo_align(out: Path, S, steps: int, notes: list, model: str = 'smollm2-135
 def cmd_demo(a) -> int:
     "navab demo: run the demo and say where the page is (its last line)."
     ph = [(n.strip(), float(s), 'measured by make') for n, _, s in (x.rpartition('=') for x in a.setup_time)]
-    p = demo(a.out, workers=a.workers, limit=a.limit, aj_limit=a.aj_limit or None, generator=a.generator,
+    p = demo(a.out, workers=a.workers, limit=a.limit or None, aj_limit=a.aj_limit or None, generator=a.generator,
              articles=a.articles or None, opinions_limit=a.opinions_limit or None, neighbours_limit=a.neighbours_limit or None, device=a.device, dtype=a.dtype,
              align_steps=a.align_steps, phases=ph)
     print('time per phase:')
@@ -116,12 +138,12 @@ def add_cli(sub):
     "Add `navab demo` to the CLI's subcommands."
     from navab.models import device_args
     de = sub.add_parser('demo', help='run the demo on the embedded defaults and write reports/index.html')
-    de.add_argument('--out', default='reports'); de.add_argument('--workers', type=int, help='reports in parallel processes')
-    de.add_argument('--limit', type=int, help='at most N samples per run'); de.add_argument('--aj-limit', type=int, default=16, help='at most N samples per AJ run (default 16; 0: all)')
+    de.add_argument('--out', default='reports'); de.add_argument('--workers', type=int, help='processes for the extraction and the grid, sharing the cores (default: 2, or 1 on one core)')
+    de.add_argument('--limit', type=int, default=24, help='at most N samples per run (default 24: China\'s first 24 of its 12 demo and 74 HK samples; 0: all)'); de.add_argument('--aj-limit', type=int, default=8, help='at most N samples per AJ run (default 8; 0: all)')
     de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
     de.add_argument('--articles', type=int, default=0, help='extract from the first N articles of each nation (default 0: all 40)')
-    de.add_argument('--neighbours-limit', type=int, default=10, help='at most N CulturalBench questions and N BLEnD items per nation (default 10; 0: all)')
-    de.add_argument('--opinions-limit', type=int, default=40, help='at most N GlobalOpinionQA items per nation (default 40; 0: all)')
+    de.add_argument('--neighbours-limit', type=int, default=10, help='at most N CulturalBench questions and N BLEnD items per nation (default 8; 0: all)')
+    de.add_argument('--opinions-limit', type=int, default=20, help='at most N GlobalOpinionQA items per nation (default 20; 0: all)')
     de.add_argument('--align-steps', type=int, default=8, help='DPO steps of the demo alignment run (SmolLM2, LoRA; default 8; 0: no alignment run)')
     de.add_argument('--setup-time', nargs='*', default=[], metavar='NAME=SECONDS', help='phases timed before navab ran (make demo: install, model fetch), first in the phase table')
     device_args(de); de.set_defaults(fn=cmd_demo)

@@ -5,7 +5,7 @@ with the same records and outputs either way."""
 
 # %% ../nbs/10e_executor.ipynb #97e84388
 from __future__ import annotations
-import fnmatch, os
+import contextlib, fnmatch, os
 from pathlib import Path
 from .settings import safe_name
 from .analysis import label
@@ -13,7 +13,33 @@ from .runs import GRID_EXTRAS
 from .jobs import pair_job, align_job, _evaluate_job, _report_job, _study_job, _failed, _pair, _align_name, _first
 
 # %% auto #0
-__all__ = ['ray_start']
+__all__ = ['THREAD_VARS', 'cores', 'worker_init', 'process_pool', 'ray_start']
+
+# %% ../nbs/10e_executor.ipynb #3390a10c
+THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMBA_NUM_THREADS')
+
+def cores() -> int:
+    "The cores this process may run on."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+def worker_init(threads: int):
+    "Start of a worker process: torch computes on `threads` threads, its share of the cores."
+    import torch; torch.set_num_threads(max(1, threads))
+
+@contextlib.contextmanager
+def process_pool(workers: int):
+    "A pool of `workers` spawned processes that share this machine's cores: `cores() // workers` threads each, for torch and for every OpenMP, BLAS and numba pool."
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    threads = max(1, cores() // workers)
+    old = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: str(threads) for k in THREAD_VARS})   # read by those libraries when a worker loads them
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=worker_init, initargs=(threads,)) as ex: yield ex
+    finally:
+        for k, v in old.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
 
 # %% ../nbs/10e_executor.ipynb #9aa39a23
 def _local_grid(jobs: list, study: dict, workers: int = 1, bar=None, ajobs: list = ()) -> tuple:
@@ -25,9 +51,8 @@ def _local_grid(jobs: list, study: dict, workers: int = 1, bar=None, ajobs: list
             bar.update()
             if note: bar.set_postfix_str(f"{r['name']}: {r['status']}")
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context('spawn')) as ex:
+        from concurrent.futures import as_completed
+        with process_pool(min(workers, len(jobs))) as ex:
             for f in as_completed([ex.submit(pair_job, j) for j in jobs]): done(f.result())
     else:
         for j in jobs: done(pair_job(j))

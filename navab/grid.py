@@ -164,7 +164,7 @@ def add_cli(sub):
     p.add_argument('--data', action='append', default=[], metavar='NAME=PATH', help="a task's own input by its data name (opinions=FILE is --opinions; repeatable)")
     p.add_argument('--align-steps', type=int, help='DPO steps of each align run (default navab.jobs.ALIGN_DEFAULTS)')
     p.add_argument('--opinions', help='GlobalOpinionQA file for the opinions method')
-    p.add_argument('--workers', type=int, help='reports run in this many processes (default: settings [grid] workers)')
+    p.add_argument('--workers', type=int, help='model x nation jobs (evaluations and report) in this many processes, sharing the cores (default: settings [grid] workers)')
     p.add_argument('--executor', choices=('local', 'ray'), default='local', help='local processes (default) or Ray tasks (pip install navab[ray])')
     p.add_argument('--address', help='Ray cluster address (default: RAY_ADDRESS, else a local Ray instance for this grid)')
     p.add_argument('--gpus-per-run', type=float, default=0, help='GPUs Ray reserves for each evaluation task')

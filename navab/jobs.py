@@ -12,7 +12,7 @@ from .settings import load_settings, safe_name
 from .schema import atomic_write
 from .models import RunConfig
 from .analysis import label
-from .runs import evaluate_pair, run_key
+from .runs import evaluate_pair, run_key, model_cache
 from .reports import execute_report
 
 # %% auto #0
@@ -100,7 +100,8 @@ def align_job(job: dict) -> dict:
     out, model, nation = Path(job['out']), job['model'], job['nation']
     name, base = _align_name(job)
     d = out/'align'/safe_name(label(model))/nation
-    opts = {**ALIGN_DEFAULTS, 'device': job_config(job).device, **(job.get('align_options') or {})}   # the grid's --device, unless the options say
+    opts = {**ALIGN_DEFAULTS, 'device': job_config(job).device, 'base_cache': str(model_cache(out, model)),   # the grid's --device, and the base model's
+            **(job.get('align_options') or {})}                                    # scores from the grid's runs, unless the options say
     try: align(job['samples'], model, nation, d, seed=job.get('seed', 0), progress=False, log=lambda *a: None, **opts)
     except Exception as e:
         msg = f"align: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"

@@ -5,7 +5,7 @@ what navab records about it: id, content hash, device, dtype, size, start token,
 
 # %% ../nbs/03_models.ipynb #a55e35d1
 from __future__ import annotations
-import hashlib, importlib.util, json, os, re, shutil, tempfile, time
+import contextlib, hashlib, importlib.util, json, os, re, shutil, tempfile, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import polars as pl
@@ -13,9 +13,9 @@ from .settings import cache_dir, safe_name, inside, load_settings
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'DTYPES', 'MAX_LOADED', 'FIT_SHARE', 'SENTENCES', 'ModelRef', 'resolve', 'gguf_path', 'sha256_file',
-           'convert_embedded', 'is_cached', 'start_token', 'ModelInfo', 'load_model', 'resolve_device', 'resolve_dtype',
-           'weight_bytes', 'device_args', 'RunConfig', 'make_tiny_model', 'sentence_logprob', 'load_adapter',
-           'model_table', 'model_rows']
+           'one_gguf_read', 'convert_embedded', 'is_cached', 'convert_all', 'start_token', 'ModelInfo', 'load_model',
+           'resolve_device', 'resolve_dtype', 'weight_bytes', 'device_args', 'RunConfig', 'make_tiny_model',
+           'sentence_logprob', 'load_adapter', 'model_table', 'model_rows']
 
 # %% ../nbs/03_models.ipynb #dc629e36
 EMBEDDED = {
@@ -70,6 +70,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
 
+# %% ../nbs/03_models.ipynb #ff5c76e1
+@contextlib.contextmanager
+def one_gguf_read():
+    "Within it, `gguf.GGUFReader` reads each file once: transformers parses a GGUF for the config, the tokenizer and the weights."
+    import gguf
+    orig, seen = gguf.GGUFReader, {}
+    def reader(path, mode='r'):
+        k = (os.path.realpath(path), mode)
+        if k not in seen: seen[k] = orig(path, mode)
+        return seen[k]
+    gguf.GGUFReader = reader
+    try: yield seen
+    finally: gguf.GGUFReader = orig
+
 # %% ../nbs/03_models.ipynb #4e0cc966
 def convert_embedded(name: str, force: bool = False, verbose: bool = True) -> Path:
     "Convert an embedded model's GGUF once to a safetensors folder in the cache; return the folder."
@@ -78,10 +92,11 @@ def convert_embedded(name: str, force: bool = False, verbose: bool = True) -> Pa
     out = inside(cache_dir()/'models', safe_name(name))
     if (out/'navab_model.json').exists() and not force: return out
     g = gguf_path(name)
-    if verbose: print(f"converting {name} from {g.name} to safetensors in {out} (once; about 30-90 s)")
+    if verbose: print(f"converting {name} from {g.name} to safetensors in {out} (once; about 15-45 s)")
     t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
-    m = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype='float32')
+    with one_gguf_read():
+        tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
+        m = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype='float32')
     m.hf_quantizer = None                       # transformers refuses to save a GGUF-quantised model...
     if hasattr(m.config, 'quantization_config'): del m.config.quantization_config  # ...until both are dropped
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +116,24 @@ def convert_embedded(name: str, force: bool = False, verbose: bool = True) -> Pa
 def is_cached(name: str) -> bool:
     "Whether an embedded model is already converted in the cache."
     return (cache_dir()/'models'/safe_name(name)/'navab_model.json').exists()
+
+# %% ../nbs/03_models.ipynb #74c74a85
+def _convert_one(name: str) -> tuple:
+    "Convert one embedded model in a worker process: (name, folder, seconds)."
+    t = time.time(); return name, str(convert_embedded(name)), time.time() - t
+
+def convert_all(names, workers: int | None = None, log=print) -> dict:
+    "Convert the embedded models not yet cached, in parallel processes (default: one per model, at most one per core): {name: folder}."
+    todo = [n for n in names if not is_cached(n)]
+    w = min(len(todo), workers or os.cpu_count() or 1)
+    done = {n: cache_dir()/'models'/safe_name(n) for n in names if n not in todo}
+    if w <= 1: results = [_convert_one(n) for n in todo]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(w, mp_context=mp.get_context('spawn')) as ex: results = list(ex.map(_convert_one, todo))
+    for n, p, s in results: done[n] = Path(p); log(f"{n}: {p} (converted in {s:.1f} s)")
+    return {n: done[n] for n in names}
 
 # %% ../nbs/03_models.ipynb #5e44bcfa
 def start_token(tok, name: str = '') -> str:

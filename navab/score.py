@@ -246,29 +246,35 @@ def _prefix_pass(model, seqs, starts, unit, padding: str, top: bool = False):
                 rows.append(r * T + off[r].item() + j); tgts.append(seqs[i][j + 1]); who.append(i)
     return (who, *_pick(model, out.last_hidden_state.flatten(0, 1), rows, tgts, top=top)), mask, _kv_out(out)
 
+def _suffix_rows(seqs, unit, members) -> list:
+    "Members (`(group row, request)`) that need a suffix pass, as `((group row, input beyond the prefix), requests)`: identical inputs once, longest first."
+    rows = {}
+    for r, i in members: rows.setdefault((r, tuple(seqs[i][unit[r].k:-1])), []).append(i)
+    return sorted(rows.items(), key=lambda kv: (-len(kv[0][1]), kv[1][0]))
+
 def _suffix_pass(model, seqs, starts, unit, chunk, mask, cache, padding: str, top: bool = False):
-    "Run members' tokens beyond their group's prefix on that prefix's KV cache: `(who, logprobs, greedy)`."
+    "Run inputs beyond their group's prefix (`_suffix_rows`) on that prefix's KV cache: `(who, logprobs, greedy)` of every request sharing each."
     import torch
     dev = model.device
-    grp = torch.tensor([r for r, _ in chunk])                      # each row's group within the unit
-    k = torch.tensor([unit[r].k for r, _ in chunk])
-    ids, smask, pos, off = _pad([seqs[i][unit[r].k:-1] for r, i in chunk], padding)
+    grp = torch.tensor([r for (r, _), _ in chunk])                 # each row's group within the unit
+    k = torch.tensor([unit[r].k for (r, _), _ in chunk])
+    ids, smask, pos, off = _pad([list(x) for (_, x), _ in chunk], padding)
     h = model.base_model(input_ids=ids.to(dev), attention_mask=torch.cat([mask[grp], smask], 1).to(dev),
                          position_ids=(pos + k[:, None]).to(dev), **{_kv(model): _select(cache, grp)},
                          use_cache=True).last_hidden_state.flatten(0, 1)
     S, rows, tgts, who = ids.shape[1], [], [], []
-    for q, (r, i) in enumerate(chunk):
+    for q, ((r, _), ms) in enumerate(chunk):
         kk = unit[r].k
-        for t in range(max(0, starts[i] - 1 - kk), len(seqs[i]) - 1 - kk):
-            rows.append(q * S + off[q].item() + t); tgts.append(seqs[i][kk + t + 1]); who.append(i)
+        for i in ms:
+            for t in range(max(0, starts[i] - 1 - kk), len(seqs[i]) - 1 - kk):
+                rows.append(q * S + off[q].item() + t); tgts.append(seqs[i][kk + t + 1]); who.append(i)
     return (who, *_pick(model, h, rows, tgts, top=top))
 
 def _run_unit(model, seqs, starts, unit, batch_size: int, padding: str = 'right'):
     "Score one unit of groups: `(request indices, logprobs, n_tokens, greedy flags)`."
     import torch
     first, mask, cache = _prefix_pass(model, seqs, starts, unit, padding)
-    rest = sorted(((r, i) for r, g in enumerate(unit) for i in g.members if len(seqs[i]) - 1 > g.k),
-                  key=lambda ri: -(len(seqs[ri[1]]) - 1 - unit[ri[0]].k))
+    rest = _suffix_rows(seqs, unit, [(r, i) for r, g in enumerate(unit) for i in g.members if len(seqs[i]) - 1 > g.k])
     parts = [first] + [_suffix_pass(model, seqs, starts, unit, rest[a:a + batch_size], mask, cache, padding)
                        for a in range(0, len(rest), batch_size)]
     members = [i for g in unit for i in g.members]
@@ -321,8 +327,7 @@ def token_logprobs(model, seqs, batch_size: int = 8, padding: str = 'right') -> 
         unit = [_Group(g.k, [todo[i] for i in g.members], g.suffix) for g in unit]
         with torch.inference_mode():
             first, mask, cache = _prefix_pass(model, seqs, starts, unit, padding, top=True)
-            rest = sorted(((r, i) for r, g in enumerate(unit) for i in g.members if len(seqs[i]) - 1 > g.k),
-                          key=lambda ri: -(len(seqs[ri[1]]) - 1 - unit[ri[0]].k))
+            rest = _suffix_rows(seqs, unit, [(r, i) for r, g in enumerate(unit) for i in g.members if len(seqs[i]) - 1 > g.k])
             parts = [first] + [_suffix_pass(model, seqs, starts, unit, rest[a:a + batch_size], mask, cache, padding, top=True)
                                for a in range(0, len(rest), batch_size)]
         for who, lp, _, ti, tl in parts:          # each list's tokens come in position order: its prefix part, then its suffix part

@@ -125,6 +125,12 @@ def test_result_folder_is_a_model_for_evaluate_and_grid(resumed, tiny_model, tmp
     assert recs['align', tiny]['status'] == 'ok' and 'aligned' in recs['align', tiny]['headline'], recs['align', tiny]
     assert f'href="{recs["align", tiny]["html"]}"' in idx.read_text() and (tmp_path / 'grid' / recs['align', tiny]['html']).is_file()
     assert recs['align', 'a']['status'] == 'failed' and 'align its base model instead' in recs['align', 'a']['error']   # an adapter is not re-aligned
+    ev = tmp_path / 'grid' / 'align' / tiny / 'US' / 'eval' / 'US'
+    assert not (ev / 'base-mc' / 'cache').exists() and (ev / 'aligned-mc' / 'cache').is_dir()   # the base arm read the grid's score cache
+    from navab.backend import get_backend
+    req = pl.read_parquet(ev / 'base-mc' / 'requests.parquet')
+    fresh = get_backend(str(tiny_model)).score(req.select('context', 'continuation'), run_dir=tmp_path / 'fresh', progress=False)
+    assert len(req) and np.allclose(req['logprob'].to_numpy(), fresh['logprob'].to_numpy(), atol=1e-6)   # and they are the base model's own
 
 
 @pytest.mark.slow
