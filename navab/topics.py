@@ -112,14 +112,18 @@ class GemmaPool:
 
     def _pool(self, texts):
         import torch
+        texts = list(texts)
+        if getattr(self, '_last', (None,))[0] == texts: return self._last[1]   # fit, then transform of the same documents: pooled once
         model, tok, info = self.loaded
         out = []
-        for b in _batches(list(texts), self.batch_size):
+        for b in _batches(texts, self.batch_size):
             enc = tok(b, return_tensors='pt', padding=True, truncation=True, max_length=self.max_length).to(model.device)
-            with torch.inference_mode(): h = model(**enc, output_hidden_states=True).hidden_states[self.layer]
+            # the base model: hidden states without the 262k-word output layer, which the pooling never reads
+            with torch.inference_mode(): h = model.base_model(**enc, output_hidden_states=True).hidden_states[self.layer]
             m = (enc['attention_mask'] * (enc['input_ids'] != info.start_token_id)).float()[..., None]
             out.append(((h * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+        self._last = (texts, np.concatenate(out) if out else np.zeros((0, 1), np.float32))
+        return self._last[1]
 
     def fit(self, texts):
         self.mean_ = self._pool(texts).mean(0)
