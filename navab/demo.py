@@ -53,7 +53,7 @@ NEIGHBOURS = {'culturalbench': 'culturalbench/CulturalBench-Easy.csv', 'blend': 
 def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = 24,
          aj_limit: int | None = 8, generator: str | None = None, articles: int | None = None, progress: bool = True,
          opinions_limit: int | None = 20, device: str = 'auto', dtype: str = 'auto', align_steps: int | None = 8, phases: list | None = None,
-         neighbours_limit: int | None = 8) -> Path:
+         neighbours_limit: int | None = 10) -> Path:
     "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations), in `workers` processes: index.html. `phases` gets (name, seconds, note) per phase, after any it holds (make's)."
     S = load_settings(); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
     workers = workers or min(2, cores())
@@ -142,7 +142,7 @@ def add_cli(sub):
     de.add_argument('--limit', type=int, default=24, help='at most N samples per run (default 24: China\'s first 24 of its 12 demo and 74 HK samples; 0: all)'); de.add_argument('--aj-limit', type=int, default=8, help='at most N samples per AJ run (default 8; 0: all)')
     de.add_argument('--generator', help='extraction model or server URL (default: settings [extract])')
     de.add_argument('--articles', type=int, default=0, help='extract from the first N articles of each nation (default 0: all 40)')
-    de.add_argument('--neighbours-limit', type=int, default=10, help='at most N CulturalBench questions and N BLEnD items per nation (default 8; 0: all)')
+    de.add_argument('--neighbours-limit', type=int, default=10, help='at most N CulturalBench questions and N BLEnD items per nation (default 10; 0: all)')
     de.add_argument('--opinions-limit', type=int, default=20, help='at most N GlobalOpinionQA items per nation (default 20; 0: all)')
     de.add_argument('--align-steps', type=int, default=8, help='DPO steps of the demo alignment run (SmolLM2, LoRA; default 8; 0: no alignment run)')
     de.add_argument('--setup-time', nargs='*', default=[], metavar='NAME=SECONDS', help='phases timed before navab ran (make demo: install, model fetch), first in the phase table')
