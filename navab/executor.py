@@ -13,7 +13,7 @@ from .runs import GRID_EXTRAS
 from .jobs import pair_job, align_job, _evaluate_job, _report_job, _study_job, _failed, _pair, _align_name, _first
 
 # %% auto #0
-__all__ = ['THREAD_VARS', 'cores', 'worker_init', 'process_pool', 'ray_start']
+__all__ = ['THREAD_VARS', 'cores', 'worker_init', 'process_pool', 'flow', 'ray_start']
 
 # %% ../nbs/10e_executor.ipynb #3390a10c
 THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMBA_NUM_THREADS')
@@ -27,19 +27,42 @@ def worker_init(threads: int):
     import torch; torch.set_num_threads(max(1, threads))
 
 @contextlib.contextmanager
-def process_pool(workers: int):
-    "A pool of `workers` spawned processes that share this machine's cores: `cores() // workers` threads each, for torch and for every OpenMP, BLAS and numba pool."
+def process_pool(workers: int, env: dict | None = None):
+    "A pool of `workers` spawned processes that share this machine's cores: `cores() // workers` threads each, for torch and for every OpenMP, BLAS and numba pool; `env`: more variables they start with."
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     threads = max(1, cores() // workers)
-    old = {k: os.environ.get(k) for k in THREAD_VARS}
-    os.environ.update({k: str(threads) for k in THREAD_VARS})   # read by those libraries when a worker loads them
+    new = {**{k: str(threads) for k in THREAD_VARS}, **(env or {})}      # read by those libraries when a worker loads them
+    old = {k: os.environ.get(k) for k in new}
+    os.environ.update(new)
     try:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=worker_init, initargs=(threads,)) as ex: yield ex
     finally:
         for k, v in old.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
+
+# %% ../nbs/10e_executor.ipynb #224de01d
+def flow(tasks, then=None, workers: int = 1, env: dict | None = None) -> list:
+    "Run `tasks`, `(rank, function, *args)` tuples, in `workers` processes (here, with one; `env` as `process_pool`'s), lowest rank first whenever a worker is free; each result goes to `then(result)`, whose tasks join the queue: the results, in the order they came."
+    import heapq, itertools
+    n, heap, out = itertools.count(), [], []
+    def add(ts):
+        for rank, fn, *args in ts or (): heapq.heappush(heap, (rank, next(n), fn, args))
+    add(tasks)
+    if workers <= 1:
+        while heap:
+            *_, fn, args = heapq.heappop(heap); out.append(fn(*args)); add(then(out[-1]) if then else ())
+        return out
+    from concurrent.futures import wait, FIRST_COMPLETED
+    with process_pool(workers, env) as ex:
+        live = set()
+        while heap or live:
+            while heap and len(live) < workers:       # a free worker takes the lowest rank waiting: nothing queues behind a busy one
+                *_, fn, args = heapq.heappop(heap); live.add(ex.submit(fn, *args))
+            done, live = wait(live, return_when=FIRST_COMPLETED)
+            for f in done: out.append(f.result()); add(then(out[-1]) if then else ())
+    return out
 
 # %% ../nbs/10e_executor.ipynb #9aa39a23
 def _local_grid(jobs: list, study: dict, workers: int = 1, bar=None, ajobs: list = ()) -> tuple:

@@ -20,7 +20,7 @@ from .chat import server_args, server_options
 
 
 # %% auto #0
-__all__ = ['plan', 'cmd_plan', 'public_file', 'run_grid', 'option_value', 'cmd_grid', 'add_cli']
+__all__ = ['plan', 'cmd_plan', 'public_file', 'grid_jobs', 'grid_index', 'run_grid', 'option_value', 'cmd_grid', 'add_cli']
 
 # %% ../nbs/10f_grid.ipynb #2ead80fe
 def plan(settings=None, models=None, nations=None, methods=None) -> list:
@@ -51,24 +51,19 @@ def public_file(p, out) -> str:
     inside = Path(p).resolve().is_relative_to(Path(out).resolve())
     return s if inside or not Path(p).is_file() else f"{s} (sha256 {file_hash(p)[:12]})"
 
-def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'), out: str | Path = 'reports', workers: int = 1,
-             limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
-             opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
-             reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None,
-             executor: str = 'local', address: str | None = None, gpus_per_run: float = 0, retries: int = 2,
-             device: str = 'auto', dtype: str = 'auto', backend: dict | None = None, align_options: dict | None = None, tasks=None,
-             options: dict | None = None, limits: dict | None = None, data: dict | None = None) -> Path:
-    "Evaluate and report every model x nation with each task (papermill; local processes or Ray tasks), then the study report, then `out/index.html`: its path."
-    if executor not in ('local', 'ray'): raise ValueError(f"executor {executor!r}: use 'local' or 'ray'")
-    from tqdm.auto import tqdm
+def grid_jobs(models, nations, samples: dict | None = None, methods=('mc', 'aj'), out: str | Path = 'reports', limit: int | None = None,
+              seed: int = 0, aj_limit: int | None = None, max_new_tokens: int = 32, opinions: str | Path | None = None, no_input: bool = True,
+              settings: str | Path | None = None, timeout: int = 900, reports: str | Path | None = None, robust_limit: int | None = None,
+              opinions_limit: int | None = None, device: str = 'auto', dtype: str = 'auto', backend: dict | None = None,
+              align_options: dict | None = None, tasks=None, options: dict | None = None, limits: dict | None = None, data: dict | None = None) -> dict:
+    "The grid's work, planned and checked, nothing run: `jobs` (a model x nation each), `ajobs` (alignments), `study`, `notes`, `counts` (samples per nation) and `title`."
     S = load_settings(settings); out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
-    _clean_partials(out)
     reports = Path(reports) if reports else REPORTS
     from dataclasses import asdict
     from navab.models import RunConfig, resolve_device, resolve_dtype
     cfg = RunConfig.of(backend, device=device, dtype=resolve_dtype(dtype, resolve_device(device)))   # one value; dtype concrete, so a run's key says what it was scored in
     nations = [S.nation(n).code for n in nations]
-    found, notes, jobs = find_samples(nations, samples, S), [], []
+    found, notes, jobs, counts = find_samples(nations, samples, S), [], [], {}
     methods = list(tasks or methods)                                               # `tasks`: the newer name of `methods`
     options = {**({'order': S.grid['order']} if S.grid.get('order') else {}), **(options or {})}   # the settings' defaults, as navab grid's
     aligns, methods = 'align' in methods, [m for m in methods if m != 'align']      # align: its own jobs and report (align_job)
@@ -86,6 +81,7 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
             notes.append(f"{n}: {k} samples from {', '.join(public_file(f, out) for f in found[n])}" + (f" ({bad} rows quarantined)" if bad else ''))
         elif len(own) < len(methods): notes.append(f"{n}: no samples found (give --samples {n}=PATH, or run navab extract): "
                                                    + (f"only {', '.join(own)} run" if own else 'left out'))
+        counts[n] = k
         ms = methods if k else own
         if not ms: continue
         jobs += [dict(out=str(out), model=str(m), nation=n, samples=str(p) if k else None, methods=list(ms), limit=limit, aj_limit=aj_limit, seed=seed, robust_limit=robust_limit,
@@ -95,14 +91,36 @@ def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'),
     if limit: notes.append(f"at most {limit} samples per run" + (f", {aj_limit} for AJ" if aj_limit else ''))
     if opinions_limit and opinions and 'opinions' in methods: notes.append(f"opinions: the first {opinions_limit} GlobalOpinionQA items per nation")
     ajobs = [dict(j, align_options=align_options, template=str(reports/'align.ipynb')) for j in jobs if j['samples']] if aligns else []
-    bar = tqdm(total=len(jobs) + len(ajobs) + 1, desc='grid', disable=not progress)
     study = dict(out=str(out), template=str(reports/'study.ipynb'), seed=seed, settings=str(S.path), no_input=no_input, timeout=timeout)
-    if executor == 'ray': recs, study = _ray_grid(jobs, study, address, gpus_per_run, retries, workers, bar, ajobs)
-    else: recs, study = _local_grid(jobs, study, workers, bar, ajobs)
-    bar.update(); bar.close()
+    return dict(jobs=jobs, ajobs=ajobs, study=study, notes=notes, counts=counts, title=f"navab study: {S.name}")
+
+def grid_index(out: str | Path, recs: list, study: dict | None, notes: list, title: str, phases: list = ()) -> Path:
+    "Write the grid's records (the runs' and alignments', then the study's) to `out/grid.json` and publish `out/index.html`: its path."
+    out = Path(out).resolve()
     recs = [{k: v for k, v in r.items() if k != 'runs'} for r in recs] + ([study] if study else [])
     atomic_write(out/'grid.json', lambda t: t.write_text(json.dumps(dict(records=recs, notes=notes), indent=1, default=str), encoding='utf-8'))
-    return write_index(out, recs, notes, f"navab study: {S.name}")
+    return write_index(out, recs, notes, title, phases=phases)
+
+def run_grid(models, nations, samples: dict | None = None, methods=('mc', 'aj'), out: str | Path = 'reports', workers: int = 1,
+             limit: int | None = None, seed: int = 0, progress: bool = True, aj_limit: int | None = None, max_new_tokens: int = 32,
+             opinions: str | Path | None = None, no_input: bool = True, settings: str | Path | None = None, timeout: int = 900,
+             reports: str | Path | None = None, robust_limit: int | None = None, opinions_limit: int | None = None,
+             executor: str = 'local', address: str | None = None, gpus_per_run: float = 0, retries: int = 2,
+             device: str = 'auto', dtype: str = 'auto', backend: dict | None = None, align_options: dict | None = None, tasks=None,
+             options: dict | None = None, limits: dict | None = None, data: dict | None = None) -> Path:
+    "Evaluate and report every model x nation with each task (papermill; local processes or Ray tasks), then the study report, then `out/index.html`: its path."
+    if executor not in ('local', 'ray'): raise ValueError(f"executor {executor!r}: use 'local' or 'ray'")
+    from tqdm.auto import tqdm
+    out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
+    _clean_partials(out)
+    P = grid_jobs(models, nations, samples, methods, out, limit, seed, aj_limit, max_new_tokens, opinions, no_input, settings, timeout, reports,
+                  robust_limit, opinions_limit, device, dtype, backend, align_options, tasks, options, limits, data)
+    jobs, ajobs = P['jobs'], P['ajobs']
+    bar = tqdm(total=len(jobs) + len(ajobs) + 1, desc='grid', disable=not progress)
+    if executor == 'ray': recs, study = _ray_grid(jobs, P['study'], address, gpus_per_run, retries, workers, bar, ajobs)
+    else: recs, study = _local_grid(jobs, P['study'], workers, bar, ajobs)
+    bar.update(); bar.close()
+    return grid_index(out, recs, study, P['notes'], P['title'])
 
 # %% ../nbs/10f_grid.ipynb #a43c5ad9
 def option_value(v: str):

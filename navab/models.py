@@ -15,7 +15,7 @@ from .settings import cache_dir, safe_name, inside, load_settings
 __all__ = ['EMBEDDED', 'DTYPES', 'MAX_LOADED', 'FIT_SHARE', 'SENTENCES', 'ModelRef', 'resolve', 'gguf_path', 'sha256_file',
            'one_gguf_read', 'convert_embedded', 'is_cached', 'convert_all', 'start_token', 'ModelInfo', 'load_model',
            'resolve_device', 'resolve_dtype', 'weight_bytes', 'device_args', 'RunConfig', 'make_tiny_model',
-           'sentence_logprob', 'load_adapter', 'model_table', 'model_rows']
+           'sentence_logprob', 'release_models', 'load_adapter', 'model_table', 'model_rows']
 
 # %% ../nbs/03_models.ipynb #dc629e36
 EMBEDDED = {
@@ -327,6 +327,15 @@ def sentence_logprob(model, tok, text: str, start_id: int) -> float:
     ids = torch.tensor([[start_id] + tok(text, add_special_tokens=False).input_ids], device=model.device)
     with torch.inference_mode(): lp = model(ids).logits[0, :-1].float().log_softmax(-1)
     return lp.gather(-1, ids[0, 1:, None]).sum().item()
+
+# %% ../nbs/03_models.ipynb #c02ecccd
+def release_models():
+    "Forget the models `load_model` holds in this process and hand their memory back to the system."
+    import gc
+    _LOADED.clear(); gc.collect()
+    try:
+        import ctypes; ctypes.CDLL('libc.so.6').malloc_trim(0)   # glibc keeps freed memory in its arenas otherwise
+    except (OSError, AttributeError): pass
 
 # %% ../nbs/03_models.ipynb #dd48124e
 def _adapter_base(path: str | Path) -> str:

@@ -95,9 +95,8 @@ class MiniLM:
         return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
 
 # %% ../nbs/07_topics.ipynb #203e9248
-@functools.lru_cache(2)
 def _load_model(name):
-    "A causal LM loaded once per process (embedding many corpora reuses it)."
+    "A causal LM, loaded once per process by `load_model` (embedding many corpora reuses it; `release_models` lets it go)."
     from navab.models import load_model
     return load_model(name, dtype='float32')   # float32 on any device: embeddings (and topics) do not move with the machine
 
