@@ -70,8 +70,9 @@ def _shared_len(ids: list) -> int:
     while k < n and all(s[k] == ids[0][k] for s in ids[1:]): k += 1
     return k
 
-def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, vocab=None, halt=(), share: bool = True, on_step=None) -> list:
-    "Greedy continuations (token ids) of the token lists `ids`: shared prefix run once, head over `vocab` only (one list, or one per row), halted at `halt` strings; `on_step()` before each token."
+def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, vocab=None, halt=(), share: bool = True, on_step=None,
+            cut: str | None = None) -> list:
+    "Greedy continuations (token ids) of the token lists `ids`: shared prefix run once, head over `vocab` only (one list, or one per row), halted at `halt` strings and once the text past its leading whitespace holds `cut`; `on_step()` before each token."
     import torch
     from transformers import DynamicCache
     from navab.score import _kv
@@ -105,7 +106,10 @@ def _greedy(model, tok, ids: list, pad: int, eos: list, max_new_tokens: int, voc
         keep = []
         for j, (r, t) in enumerate(zip(live, nxt.tolist())):
             outs[r].append(t)
-            if t not in ends and not (halt and any(s in tok.decode(outs[r]) for s in halt)): keep.append(j)
+            if t in ends: continue
+            if halt and any(s in tok.decode(outs[r]) for s in halt): continue
+            if cut and cut in tok.decode(outs[r], skip_special_tokens=True).lstrip(): continue   # as `_cut` reads it: what follows is cut off
+            keep.append(j)
         if not keep or step == max_new_tokens - 1: break
         if len(keep) < len(live):            # finished answers leave the batch (and the KV cache)
             k = torch.tensor(keep)             # CPU indices: valid for a KV cache spread over GPUs
@@ -144,7 +148,8 @@ def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, 
     todo = cache.missing()
     if not todo: return cache.get('text')
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    eos = [t for t in {tok.eos_token_id, *(tok.convert_tokens_to_ids(x) for x in ('<|im_end|>', '<end_of_turn>') if x in tok.get_vocab())} if t is not None]
+    V = tok.get_vocab()                                             # read once: a 262k-word vocabulary takes a quarter second
+    eos = [t for t in {tok.eos_token_id, *(V[x] for x in ('<|im_end|>', '<end_of_turn>') if x in V)} if t is not None]
     vocab = set(lang_vocab(tok, lang)) if lang else None
     ids_of = {i: _prompt_ids(tok, prompts[i], chat, info.start_token_id) for i in todo}
     todo = sorted(todo, key=lambda i: len(ids_of[i]))             # similar lengths batch together
@@ -162,7 +167,7 @@ def generate(prompts, model, tok, info, run_dir=None, max_new_tokens: int = 48, 
                     gen = [o[L:].tolist() for o in model.generate(input_ids=x, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=True,
                                                                    temperature=temperature, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos or None,
                                                                    stopping_criteria=_each_step(on_step))]
-                else: gen = _greedy(model, tok, ids, pad, eos, max_new_tokens, rows_v, tuple(stops or ()), share_prefix, on_step)
+                else: gen = _greedy(model, tok, ids, pad, eos, max_new_tokens, rows_v, tuple(stops or ()), share_prefix, on_step, cut=stop)
             texts = [_cut(tok.decode(o, skip_special_tokens=True), stop) for o in gen]
             cache.add(pl.DataFrame({'key': [keys[i] for i in idx], 'text': texts, 'prompt': [prompts[i] for i in idx],
                                     'model_hash': info.hash, 'params': json.dumps(params)}))
