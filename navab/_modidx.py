@@ -573,6 +573,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'navab.score._run_unit': ('score.html#_run_unit', 'navab/score.py'),
                              'navab.score._score_tokens': ('score.html#_score_tokens', 'navab/score.py'),
                              'navab.score._select': ('score.html#_select', 'navab/score.py'),
+                             'navab.score._stem': ('score.html#_stem', 'navab/score.py'),
+                             'navab.score._stem_pass': ('score.html#_stem_pass', 'navab/score.py'),
                              'navab.score._suffix_pass': ('score.html#_suffix_pass', 'navab/score.py'),
                              'navab.score._suffix_rows': ('score.html#_suffix_rows', 'navab/score.py'),
                              'navab.score.encode_requests': ('score.html#encode_requests', 'navab/score.py'),

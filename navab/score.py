@@ -13,8 +13,8 @@ import polars as pl
 from .cache import KINDS, Cached, cache_key, read_cache
 
 # %% auto #0
-__all__ = ['ENGINE', 'PAD_SLACK', 'RESULTS', 'with_start', 'encode_requests', 'request_key', 'score_reference', 'token_logprobs',
-           'read_results', 'score']
+__all__ = ['ENGINE', 'STEM_MIN', 'PAD_SLACK', 'RESULTS', 'with_start', 'encode_requests', 'request_key', 'score_reference',
+           'token_logprobs', 'read_results', 'score']
 
 # %% ../nbs/04_score.ipynb #05d1f84b
 def _move_space(context: str, continuation: str) -> tuple:
@@ -270,10 +270,35 @@ def _suffix_pass(model, seqs, starts, unit, chunk, mask, cache, padding: str, to
                 rows.append(q * S + off[q].item() + t); tgts.append(seqs[i][kk + t + 1]); who.append(i)
     return (who, *_pick(model, h, rows, tgts, top=top))
 
+STEM_MIN = 32  # a unit's groups that all begin with at least this many tokens (a few-shot preamble) run them once
+
+def _stem(seqs, starts, unit) -> int:
+    "How many leading tokens every group of `unit` shares before any token it scores, each keeping one of its own (0 under `STEM_MIN`)."
+    if len(unit) < 2: return 0
+    c = min(_lcp([seqs[g.members[0]][:g.k] for g in unit]), *(g.k - 1 for g in unit), *(starts[i] - 1 for g in unit for i in g.members))
+    return c if c >= STEM_MIN else 0
+
+def _stem_pass(model, seqs, starts, unit, c: int):
+    "`_prefix_pass` (right padding) for groups that share their first `c` tokens: those run once, each prefix's rest on their KV cache."
+    import torch
+    dev = model.device
+    cache = _kv_out(model.base_model(input_ids=torch.tensor([seqs[unit[0].members[0]][:c]], device=dev), use_cache=True))
+    cache.batch_repeat_interleave(len(unit))
+    ids, rest, pos, _ = _pad([seqs[g.members[0]][c:g.k] for g in unit], 'right')
+    mask = torch.cat([torch.ones(len(unit), c, dtype=rest.dtype), rest], 1)
+    out = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=(pos + c).to(dev), use_cache=True, **{_kv(model): cache})
+    T, rows, tgts, who = ids.shape[1], [], [], []
+    for r, g in enumerate(unit):
+        for i in g.members:
+            for j in range(starts[i] - 1, min(g.k, len(seqs[i]) - 1)):   # every scored position lies past the stem
+                rows.append(r * T + j - c); tgts.append(seqs[i][j + 1]); who.append(i)
+    return (who, *_pick(model, out.last_hidden_state.flatten(0, 1), rows, tgts)), mask, _kv_out(out)
+
 def _run_unit(model, seqs, starts, unit, batch_size: int, padding: str = 'right'):
     "Score one unit of groups: `(request indices, logprobs, n_tokens, greedy flags)`."
     import torch
-    first, mask, cache = _prefix_pass(model, seqs, starts, unit, padding)
+    c = _stem(seqs, starts, unit) if padding == 'right' else 0
+    first, mask, cache = _stem_pass(model, seqs, starts, unit, c) if c else _prefix_pass(model, seqs, starts, unit, padding)
     rest = _suffix_rows(seqs, unit, [(r, i) for r, g in enumerate(unit) for i in g.members if len(seqs[i]) - 1 > g.k])
     parts = [first] + [_suffix_pass(model, seqs, starts, unit, rest[a:a + batch_size], mask, cache, padding)
                        for a in range(0, len(rest), batch_size)]
