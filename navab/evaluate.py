@@ -33,7 +33,7 @@ def run_steps(task: Task, samples: pl.DataFrame, backend, run: Run, out: str | P
         M = (judge or backend) if st.judge else backend
         if st.kind == 'generate':
             run.results[st.name] = M.generate(st.build(samples, run), run_dir=gens, max_new_tokens=run.options.get('max_new_tokens', 48),
-                                              seed=run.seed, chat=bool(run.options.get('chat')), batch_size=max(1, batch_size // 2), progress=progress)
+                                              seed=run.seed, chat=bool(run.options.get('chat')), batch_size=2 * batch_size, progress=progress)
         elif st.kind == 'score':
             P, req = st.build(samples, run)
             scored = M.score(req, run_dir=cache, batch_size=batch_size, progress=progress).with_columns(pl.lit(st.name).alias('stage'))

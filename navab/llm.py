@@ -35,7 +35,8 @@ class Generator:
     hash: str = ''
     backend = None
     run_dir = None
-    batch_size: int = 8
+    batch_size: int = 8     # prompts a scoring batch holds
+    gen_batch: int = 32     # prompts a generation batch holds: each decoding step reads every weight once for the whole batch
     def _backend(self):
         if self.backend is None: raise NotImplementedError(f"{type(self).__name__} has no backend: it must define complete and choose itself")
         return self.backend
@@ -44,7 +45,7 @@ class Generator:
         "Greedy (seeded) continuations of `prompt + prefix`, cut at `stop` (halted, not cut, at `stops`, and held to `lang`'s script, where the backend can); cached."
         halt = sorted({*(stops or []), *([stop] if stop else [])})   # end each answer as soon as it holds a stop string
         return self._backend().generate([p + prefix for p in prompts], run_dir=self.run_dir, max_new_tokens=max_new_tokens, seed=seed,
-                                        stop=stop, stops=halt or None, lang=lang, batch_size=self.batch_size, progress=progress)
+                                        stop=stop, stops=halt or None, lang=lang, batch_size=self.gen_batch, progress=progress)
     def choose(self, prompts: list, options: list, progress: bool = True) -> list:
         "For each prompt, the log-probability of each of its option continuations; cached."
         return score_options(self._backend(), prompts, options, run_dir=self.run_dir, batch_size=self.batch_size, progress=progress)
