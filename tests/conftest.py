@@ -1,4 +1,5 @@
 """Shared fixtures: offline environment, a tiny random model, the real data in ../shared/data."""
+import json
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
@@ -26,6 +27,16 @@ def tiny_model(tmp_path_factory):
     "Path of a tiny random Llama with a byte-level BPE tokenizer, built offline."
     from navab.models import make_tiny_model
     return make_tiny_model(tmp_path_factory.mktemp('tiny') / 'tiny-llama')
+
+
+@pytest.fixture(scope='session')
+def tiny_long(tmp_path_factory):
+    "The tiny random Llama told it may read 2048 tokens (rotary positions: only the config's limit changes): HK and demo prompts in its 400-token byte vocabulary run past 256."
+    from navab.models import make_tiny_model
+    p = make_tiny_model(tmp_path_factory.mktemp('tiny-long') / 'tiny-long')
+    cfg = json.loads((p / 'config.json').read_text()); cfg['max_position_embeddings'] = 2048
+    (p / 'config.json').write_text(json.dumps(cfg))
+    return p
 
 
 @pytest.fixture(scope='session')

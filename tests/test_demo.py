@@ -2,19 +2,9 @@
 model's run is scored, then the study, in two worker processes, give what one process gives in order."""
 import json
 import polars as pl
-import pytest
 from navab.demo import demo
 from navab.extract import EchoGenerator
 
-
-@pytest.fixture(scope='module')
-def tiny_long(tmp_path_factory):
-    "A tiny random Llama (rotary positions) told it may read 2048 tokens: the demo's prompts in its 400-token byte vocabulary run past 256."
-    from navab.models import make_tiny_model
-    p = make_tiny_model(tmp_path_factory.mktemp('tiny') / 'tiny-long')
-    c = json.loads((p / 'config.json').read_text()); c['max_position_embeddings'] = 2048
-    (p / 'config.json').write_text(json.dumps(c))
-    return p
 
 
 def _run(out, tiny_model, tmp_path, workers):

@@ -119,15 +119,6 @@ def release(shared, tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope='module')
-def tiny_long(tmp_path_factory):
-    "The tiny random Llama with room for the HK prompts (rotary positions: only the config's limit changes)."
-    from navab.models import make_tiny_model
-    p = make_tiny_model(tmp_path_factory.mktemp('tiny-long') / 'tiny-long')
-    cfg = json.loads((p / 'config.json').read_text()); cfg['max_position_embeddings'] = 2048
-    (p / 'config.json').write_text(json.dumps(cfg))
-    return p
-
 
 def test_release_by_name_all_five_nations(release, tiny_long, tmp_path, capsys):
     tiny_model = tiny_long
